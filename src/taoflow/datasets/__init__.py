@@ -1,0 +1,6 @@
+"""Kedro datasets taoflow adds where kedro-datasets has none."""
+
+from taoflow.datasets.partitions import ResumablePartitionedDataset
+from taoflow.datasets.policy import PolicyDataset
+
+__all__ = ["PolicyDataset", "ResumablePartitionedDataset"]

@@ -1,0 +1,18 @@
+"""prepare_base: model reference → ``base_model``."""
+
+from kedro.pipeline import Pipeline, node
+
+from taoflow.pipelines.prepare_base.nodes import prepare_base_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                prepare_base_model,
+                inputs="params:model",
+                outputs=["base_model", "base_model_metrics"],
+                name="prepare_base_model",
+            )
+        ]
+    )

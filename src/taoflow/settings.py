@@ -1,0 +1,23 @@
+"""Project settings: hooks, config loader and session store.
+
+https://docs.kedro.org/en/stable/kedro_project_setup/settings.html
+"""
+
+from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
+
+from taoflow.hooks import ReproducibilityHook
+
+HOOKS = (ReproducibilityHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # `oc.env` is credentials-only by default; mlflow.yml needs it for MLFLOW_TRACKING_URI.
+    "custom_resolvers": {"oc.env": oc.env},
+    "config_patterns": {
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
+    },
+}
