@@ -82,7 +82,11 @@ def convert_embedded(out_dir: str | Path) -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    plain = type(loaded)(loaded.config)
+    config = loaded.config
+    # The GGUF's quantization marker would make the (already de-quantized) copy unsaveable.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(loaded)(config)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     tmp = out_dir.with_name(out_dir.name + ".tmp")
