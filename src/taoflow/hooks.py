@@ -20,6 +20,7 @@ import mlflow
 import yaml
 from kedro.framework.hooks import hook_impl
 
+from taoflow.config import remember_config_loader
 from taoflow.utils import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -139,3 +140,11 @@ class ReproducibilityHook:
             out = Path(tmp) / "resolved_config.yml"
             out.write_text(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False))
             mlflow.log_artifact(str(out), artifact_path="config")
+
+
+class PipelineConfigHook:
+    """Hands the session's config loader to the pipeline registry (graph-shaping settings)."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        remember_config_loader(context.config_loader)
