@@ -27,6 +27,12 @@ def _numbers(text: str) -> list[str]:
     return _NUMBER.findall(text)
 
 
+def numbers_in(text: str | None) -> list[str]:
+    """Every number in ``text``, normalised: the operands a copied answer could come from."""
+    found = (normalize_answer(n) for n in _numbers(text or ""))
+    return [n for n in found if n is not None]
+
+
 def extract_answer(text: str | None, config: dict[str, Any] | None = None) -> str | None:
     """The final answer in ``text`` per ``config`` (default: last number), or None if there is none."""
     if not text:

@@ -1,0 +1,101 @@
+"""health: a round template (signals + verdict [+ next policy]) and a report pipeline; wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from taoflow.pipelines.health.nodes import (
+    build_health_report,
+    compute_health,
+    probe,
+    select_next_policy,
+)
+
+
+def shared_params(template: Pipeline) -> dict[str, str]:
+    """The template's parameters, mapped to themselves: shared by every round, not namespaced."""
+    return {name: name for name in sorted(template.inputs()) if name.startswith("params:")}
+
+
+def create_template(select_policy: bool = False, probe_policy: bool = False) -> Pipeline:
+    """Un-namespaced round template.
+
+    Inputs: ``scored`` (candidates of the judged policy), ``prompts``, ``health_reference`` (the
+    base's candidates), ``params:health``, ``params:task``. Outputs: ``health``,
+    ``health_metrics``. ``select_policy`` adds ``policy`` + ``input_policy`` → ``next_policy``.
+    ``probe_policy`` judges ``policy`` itself: it samples it (``params:health.probe``,
+    ``params:seed``) into ``health_probe`` and judges that instead of ``scored``; map
+    ``health_reference`` to ``health_base_probe`` (:func:`create_reference_probe`) then.
+    """
+    nodes = []
+    judged = "scored"
+    if probe_policy:
+        nodes.append(
+            node(
+                probe,
+                inputs=["policy", "prompts", "params:health", "params:task", "params:seed"],
+                outputs="health_probe",
+                name="probe_policy",
+            )
+        )
+        judged = "health_probe"
+    nodes.append(
+        node(
+            compute_health,
+            inputs=[judged, "prompts", "health_reference", "params:health", "params:task"],
+            outputs=["health", "health_metrics"],
+            name="compute_health",
+        )
+    )
+    if select_policy:
+        nodes.append(
+            node(
+                select_next_policy,
+                inputs=["policy", "input_policy", "health"],
+                outputs="next_policy",
+                name="select_next_policy",
+            )
+        )
+    return Pipeline(nodes)
+
+
+def create_reference_probe() -> Pipeline:
+    """``base_model`` sampled like every round's probe: the reference for probe-judged rounds."""
+    return Pipeline(
+        [
+            node(
+                probe,
+                inputs=["base_model", "prompts", "params:health", "params:task", "params:seed"],
+                outputs="health_base_probe",
+                name="probe_base_model",
+            )
+        ]
+    )
+
+
+def create_report_pipeline(namespaces: Sequence[str]) -> Pipeline:
+    """``{ns}.health`` of every round → ``health_report`` (Markdown) and ``health_plot`` (figure)."""
+    return Pipeline(
+        [
+            node(
+                build_health_report,
+                inputs=["params:health", *[f"{ns}.health" for ns in namespaces]],
+                outputs=["health_report", "health_plot"],
+                name="build_health_report",
+            )
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Stand-alone run: ``round_1`` judged against itself (round 1 *is* the base), and its report."""
+    template = create_template()
+    round_1 = pipeline(
+        template,
+        namespace="round_1",
+        inputs={"prompts": "prompts", "health_reference": "round_1.scored"},
+        parameters=shared_params(template),
+    )
+    return round_1 + create_report_pipeline(["round_1"])
