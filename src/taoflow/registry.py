@@ -1,0 +1,274 @@
+"""The MLflow Model Registry gate: register a tuned policy, promote it only when it earned it.
+
+Every evaluated final policy is registered (so nothing a run produced is lost), but the alias
+``champion`` — what ``serve`` and users load as ``models:/<name>@champion`` — moves only when the
+policy's gate metric beats the current champion (or, before there is one, the base model) with
+a *paired* bootstrap CI above ``min_ci_low`` (default 0). Otherwise the version gets
+``challenger`` and the run and the version say why.
+
+Pairing needs both models' per-item scores on the same items: the candidate's and the base's
+come from this run's evaluation; the champion's were stored with it when it was registered
+(``gate/scores.json`` in its run, plus a fingerprint of the benchmark and generation settings
+as a version tag). A champion evaluated under a different fingerprint cannot be compared
+paired, so the candidate stays challenger and the reason says to re-evaluate.
+
+The tracking and registry URIs are whatever the active MLflow run uses (kedro-mlflow sets them
+from ``mlflow.yml``); nothing here reads environment variables.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from taoflow.models import Policy
+from taoflow.stats import paired_comparison
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SCORES_ARTIFACT = "gate/scores.json"
+TAG_PREFIX = "taoflow."
+_REQUIREMENTS = ("transformers", "torch", "accelerate", "tokenizers", "safetensors")
+
+
+@dataclass
+class GateDecision:
+    """What the gate did and why (saved as a report artifact and as run/version tags)."""
+
+    registered_model: str
+    version: str | None
+    alias: str
+    promoted: bool
+    reason: str
+    metric: str
+    value: float
+    compared_with: str
+    reference_value: float | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    model_uri: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Champion:
+    """The current champion version and the per-item gate scores stored with it."""
+
+    version: str
+    run_id: str | None
+    fingerprint: str | None
+    scores: dict[str, float] | None
+
+
+def current_champion(client: MlflowClient, name: str) -> Champion | None:
+    """The version holding ``@champion`` (None when the model or alias does not exist yet)."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    scores = None
+    if version.run_id:
+        try:
+            stored = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{SCORES_ARTIFACT}")
+            scores = {str(k): float(v) for k, v in stored["scores"].items()}
+        except Exception:  # noqa: BLE001 - a champion without stored scores is still a champion
+            logger.warning("champion %s v%s has no stored gate scores", name, version.version)
+    return Champion(
+        version=str(version.version),
+        run_id=version.run_id,
+        fingerprint=version.tags.get(f"{TAG_PREFIX}gate.fingerprint"),
+        scores=scores,
+    )
+
+
+def decide(
+    candidate: dict[str, float],
+    baseline: dict[str, float],
+    champion: Champion | None,
+    *,
+    fingerprint: str,
+    metric: str,
+    min_ci_low: float = 0.0,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Champion or challenger, from per-item gate scores (pure: no MLflow calls).
+
+    Compares ``candidate`` with the champion's stored scores when there is a champion, else with
+    ``baseline`` (the base model in this run), on the items both have.
+    """
+    if champion is None:
+        reference, against = baseline, "base"
+    elif champion.scores is None or champion.fingerprint != fingerprint:
+        why = "no stored per-item scores" if champion.scores is None else "a different benchmark"
+        return {
+            "promoted": False,
+            "compared_with": f"champion v{champion.version}",
+            "reason": (
+                f"the current champion v{champion.version} was evaluated on {why} "
+                f"(fingerprint {champion.fingerprint} vs {fingerprint}), so no paired comparison "
+                "is possible; re-evaluate the champion with this configuration to promote"
+            ),
+            "reference_value": None,
+            "diff": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": 0,
+        }
+    else:
+        reference, against = champion.scores, f"champion v{champion.version}"
+    items = sorted(set(candidate) & set(reference))
+    if not items:
+        raise ValueError(f"gate: the candidate and {against} share no evaluated items")
+    a = [candidate[i] for i in items]
+    b = [reference[i] for i in items]
+    paired = paired_comparison(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    promoted = paired.ci_low > min_ci_low
+    interval = f"{paired.diff:+.4f} [{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]"
+    reason = f"{metric} vs {against}: paired difference {interval} over {paired.n} items; " + (
+        f"CI lower bound above {min_ci_low:g}: promoted"
+        if promoted
+        else f"CI lower bound not above {min_ci_low:g}: kept as challenger"
+    )
+    return {
+        "promoted": promoted,
+        "compared_with": against,
+        "reason": reason,
+        "reference_value": sum(b) / len(b),
+        "diff": paired.diff,
+        "ci_low": paired.ci_low,
+        "ci_high": paired.ci_high,
+        "n": paired.n,
+    }
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned runtime requirements (MLflow's own inference imports torchvision, absent here)."""
+    reqs = []
+    for name in _REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
+    tags = {}
+    for key, value in sorted(lineage.items()):
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        tags[f"{TAG_PREFIX}lineage.{key}"] = text[:5000]
+    return tags
+
+
+def register_and_gate(
+    policy: Policy,
+    *,
+    name: str,
+    candidate_scores: dict[str, float],
+    baseline_scores: dict[str, float],
+    fingerprint: str,
+    metric: str,
+    min_ci_low: float = 0.0,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    extra_tags: dict[str, str] | None = None,
+) -> GateDecision:
+    """Register ``policy`` as a new version of ``name`` in the active run; alias it by the gate.
+
+    Logs the model with the ``transformers`` flavour (so both ``mlflow.transformers.load_model``
+    and ``mlflow.pyfunc.load_model`` on ``models:/<name>@champion`` give back a generator),
+    stores the per-item gate scores with the run (the next gate pairs against them), tags the
+    version with the policy's lineage and the decision, and tags the run with the decision.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError(
+            "The registry gate needs an active MLflow run (kedro-mlflow opens one per `kedro "
+            "run`); MLflow tracking is disabled for this pipeline."
+        )
+    client = MlflowClient()  # the active run's tracking/registry URIs
+    champion = current_champion(client, name)
+    verdict = decide(
+        candidate_scores,
+        baseline_scores,
+        champion,
+        fingerprint=fingerprint,
+        metric=metric,
+        min_ci_low=min_ci_low,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+    value = sum(candidate_scores.values()) / max(len(candidate_scores), 1)
+    mlflow.log_dict(
+        {"metric": metric, "fingerprint": fingerprint, "scores": candidate_scores},
+        SCORES_ARTIFACT,
+    )
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
+        name="policy",
+        task="text-generation",
+        registered_model_name=name,
+        pip_requirements=_pip_requirements(),
+        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
+    )
+    version = str(info.registered_model_version)
+    alias = CHAMPION if verdict["promoted"] else CHALLENGER
+    tags = {
+        **_lineage_tags(policy.lineage),
+        f"{TAG_PREFIX}gate.metric": metric,
+        f"{TAG_PREFIX}gate.value": f"{value:.6g}",
+        f"{TAG_PREFIX}gate.fingerprint": fingerprint,
+        f"{TAG_PREFIX}gate.decision": alias,
+        f"{TAG_PREFIX}gate.compared_with": verdict["compared_with"],
+        f"{TAG_PREFIX}gate.reason": verdict["reason"][:5000],
+        **(extra_tags or {}),
+    }
+    for key, text in tags.items():
+        client.set_model_version_tag(name, version, key, text)
+    client.set_registered_model_alias(name, alias, version)
+    mlflow.set_tags(
+        {
+            f"{TAG_PREFIX}gate.decision": alias,
+            f"{TAG_PREFIX}gate.version": f"{name}/{version}",
+            f"{TAG_PREFIX}gate.reason": verdict["reason"][:5000],
+        }
+    )
+    logger.info("registry gate: %s v%s → @%s (%s)", name, version, alias, verdict["reason"])
+    return GateDecision(
+        registered_model=name,
+        version=version,
+        alias=alias,
+        value=value,
+        metric=metric,
+        model_uri=f"models:/{name}/{version}",
+        **{k: verdict[k] for k in ("promoted", "reason", "compared_with", "reference_value")},
+        **{k: verdict[k] for k in ("diff", "ci_low", "ci_high", "n")},
+    )
+
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "Champion",
+    "GateDecision",
+    "current_champion",
+    "decide",
+    "register_and_gate",
+]
