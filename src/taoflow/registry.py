@@ -28,6 +28,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from taoflow.health import promotion_blocked
 from taoflow.models import Policy
 from taoflow.stats import paired_comparison
 
@@ -188,6 +189,7 @@ def register_and_gate(
     confidence: float = 0.95,
     seed: int = 0,
     extra_tags: dict[str, str] | None = None,
+    health: Any = None,
 ) -> GateDecision:
     """Register ``policy`` as a new version of ``name`` in the active run; alias it by the gate.
 
@@ -195,6 +197,8 @@ def register_and_gate(
     and ``mlflow.pyfunc.load_model`` on ``models:/<name>@champion`` give back a generator),
     stores the per-item gate scores with the run (the next gate pairs against them), tags the
     version with the policy's lineage and the decision, and tags the run with the decision.
+    ``health`` (round verdicts, see :func:`taoflow.health.promotion_blocked`) can refuse
+    ``champion`` to a policy flagged as collapsed, whatever its metric says.
     """
     run = mlflow.active_run()
     if run is None:
@@ -215,6 +219,13 @@ def register_and_gate(
         confidence=confidence,
         seed=seed,
     )
+    blocked, why = promotion_blocked(health) if health is not None else (False, "")
+    if blocked:
+        verdict = {
+            **verdict,
+            "promoted": False,
+            "reason": f"refused by the health guard: {why}; {verdict['reason']}",
+        }
     value = sum(candidate_scores.values()) / max(len(candidate_scores), 1)
     mlflow.log_dict(
         {"metric": metric, "fingerprint": fingerprint, "scores": candidate_scores},

@@ -647,11 +647,14 @@ def gate_policy(
     seed: int,
     *,
     model_name: str,
+    **health: Any,
 ) -> dict[str, Any]:
     """Register the final policy and alias it ``champion`` or ``challenger`` (see ``taoflow.registry``).
 
     The one node that talks to MLflow itself: registry aliases depend on what the registry
     already holds, which no catalog dataset models. It uses the active run's URIs.
+    ``health`` (keyword per round, e.g. ``round_1=<verdict>``) lets the health guard refuse
+    ``champion`` to a collapsed policy.
     """
     from taoflow.registry import register_and_gate
 
@@ -689,6 +692,7 @@ def gate_policy(
         confidence=float(params.get("confidence", 0.95)),
         seed=derive_seed(seed, "gate", benchmark, metric),
         extra_tags={"taoflow.evaluated_as": model_name},
+        health=health or None,
     )
     return decision.as_dict()
 

@@ -96,11 +96,14 @@ def discover_models(catalog: _GraphCatalog) -> dict[str, str]:
     return models
 
 
-def create_pipeline(models: dict[str, str] | None = None, **kwargs: Any) -> Pipeline:
+def create_pipeline(
+    models: dict[str, str] | None = None, health: dict[str, str] | None = None, **kwargs: Any
+) -> Pipeline:
     """Build ``evaluate`` for ``models`` (display name → policy dataset; default: discovered).
 
     The last non-baseline model is the one the registry gate registers (``evaluate.gate.model``
-    overrides); with only the baseline there is no gate node.
+    overrides); with only the baseline there is no gate node. ``health`` (round name → health
+    dataset, e.g. ``{"round_1": "round_1.health"}``) feeds the gate's collapse guard.
     """
     from taoflow.config import graph_parameters
 
@@ -188,6 +191,7 @@ def create_pipeline(models: dict[str, str] | None = None, **kwargs: Any) -> Pipe
                     "params": "params:evaluate",
                     "task": "params:task",
                     "seed": "params:seed",
+                    **(health or {}),
                 },
                 outputs="eval_gate",
                 name="evaluate_registry_gate",
