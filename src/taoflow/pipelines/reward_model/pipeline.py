@@ -1,0 +1,53 @@
+"""reward_model: trace log (+ a round's scored candidates) → pairs → ``reward_model`` folder."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from taoflow.pipelines.reward_model.nodes import (
+    assemble_pairs,
+    feedback_preference_pairs,
+    scored_preference_pairs,
+    train_reward_model,
+)
+
+
+def create_pipeline(scored: str | None = "round_1.scored", **kwargs) -> Pipeline:
+    """``scored``: the scored-candidates dataset to mine top-vs-bottom pairs from (None: feedback only)."""
+    nodes = [
+        node(
+            feedback_preference_pairs,
+            inputs=["ingest_trace_requests", "params:reward_model"],
+            outputs="reward_model_feedback_pairs",
+            name="feedback_preference_pairs",
+        )
+    ]
+    scored_pairs = "reward_model_scored_pairs"
+    if scored:
+        nodes.append(
+            node(
+                scored_preference_pairs,
+                inputs=[scored, "prompts", "params:reward_model"],
+                outputs=scored_pairs,
+                name="scored_preference_pairs",
+            )
+        )
+    nodes += [
+        node(
+            assemble_pairs,
+            inputs={
+                "feedback_pairs": "reward_model_feedback_pairs",
+                "config": "params:reward_model",
+                **({"scored_pairs": scored_pairs} if scored else {}),
+            },
+            outputs="reward_model_pairs",
+            name="assemble_preference_pairs",
+        ),
+        node(
+            train_reward_model,
+            inputs=["reward_model_pairs", "params:reward_model", "params:seed"],
+            outputs=["reward_model", "reward_model_metrics"],
+            name="train_reward_model",
+        ),
+    ]
+    return Pipeline(nodes)

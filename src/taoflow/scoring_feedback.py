@@ -1,0 +1,200 @@
+"""User feedback as a partial reward: the ``feedback`` scorer and the ``served`` candidates.
+
+Closing the loop: ``taoflow serve`` records each answer as an MLflow trace and users rate some of
+them (``POST /v1/feedback``); ingest's traces source turns the traces into prompts whose ``meta``
+JSON carries ``{"trace_id", "served_response", "model_version", "feedback": [{"name", "value",
+"source", "rationale"}]}``.
+
+* :func:`add_served_candidates` (a node) appends each rated served response to the round's
+  candidates as ``strategy="served"``, carrying the user's score in ``feedback_score``;
+* :class:`FeedbackScorer` (score config ``type: taoflow.scoring_feedback:FeedbackScorer``) gives
+  candidates that *are* the served response (normalised text, or the same final answer with
+  ``match: answer``) the user's score, and every other candidate ``neutral``.
+
+Why a neutral value instead of NaN: the score stage requires finite scores, and a value that is
+the same for every unmatched candidate shifts their rewards equally, so group-normalised
+advantages only move where feedback exists. ``neutral: 0.5`` (the middle of the [0, 1] feedback
+scale) makes a thumbs-up worth +0.5·weight relative to unrated siblings and a thumbs-down
+−0.5·weight; a prompt without feedback gets a constant column, i.e. no signal from this scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from taoflow.answers import answers_match, extract_answer
+from taoflow.pipelines.ingest.text import normalize_text
+from taoflow.scoring.base import GroupScorer, ScoreResult
+from taoflow.utils import stable_hash
+
+FEEDBACK_NAME = "user_feedback"
+SERVED_STRATEGY = "served"
+
+
+def parse_meta(meta: Any) -> dict[str, Any]:
+    """A prompt's ``meta`` as a dict whatever storage gave back (JSON string, dict, None)."""
+    if meta is None or (isinstance(meta, float) and math.isnan(meta)):
+        return {}
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta.strip() else {}
+        except json.JSONDecodeError:
+            return {}
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def feedback_value(
+    feedback: Sequence[dict[str, Any]] | None, name: str = FEEDBACK_NAME
+) -> float | None:
+    """Mean of the numeric ``name`` feedback values (several users may rate one answer)."""
+    values = []
+    for item in feedback or []:
+        if not isinstance(item, dict) or item.get("name") != name:
+            continue
+        value = item.get("value")
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values.append(float(value))
+    return float(np.mean(values)) if values else None
+
+
+def served_feedback(meta: Any, name: str = FEEDBACK_NAME) -> tuple[str | None, float | None]:
+    """``(served_response, user score)`` from a prompt's meta; None where absent."""
+    data = parse_meta(meta)
+    served = data.get("served_response")
+    return (served if isinstance(served, str) else None), feedback_value(data.get("feedback"), name)
+
+
+def normalize_completion(text: str) -> str:
+    """Comparison key for "the same answer text": ingest's normalisation, case-folded."""
+    return normalize_text(str(text)).casefold()
+
+
+class FeedbackScorer(GroupScorer):
+    """Candidates equal to the served response get the user's score; the rest ``neutral``.
+
+    The served response and its score come from a ``meta`` column when the frame carries the
+    prompts' meta, else from this group's ``strategy == "served"`` rows and their
+    ``feedback_score`` (what :func:`add_served_candidates` adds). ``match``: ``text``
+    (normalised, case-folded text equality) or ``answer`` (same final answer under the task's
+    extractor — a thumbs-down then also marks every candidate repeating the wrong answer).
+    Extra column ``matched``; metrics: groups with feedback, matched candidates.
+    """
+
+    def __init__(
+        self,
+        *,
+        neutral: float = 0.5,
+        match: str = "text",
+        feedback_name: str = FEEDBACK_NAME,
+        task: dict[str, Any] | None = None,
+        name: str = "feedback",
+    ):
+        if match not in ("text", "answer"):
+            raise ValueError(f"{name}: match must be 'text' or 'answer', got {match!r}")
+        if not math.isfinite(float(neutral)):
+            raise ValueError(f"{name}: neutral must be a finite number")
+        self.neutral = float(neutral)
+        self.match = match
+        self.feedback_name = feedback_name
+        self.extractor = (task or {}).get("answer") or {"kind": "last_number"}
+        self.name = name
+        self._groups_with_feedback = 0
+        self._matched = 0
+
+    def _served(self, group: pd.DataFrame) -> tuple[str | None, float | None]:
+        if "meta" in group.columns:
+            served, value = served_feedback(group["meta"].iloc[0], self.feedback_name)
+            if served is not None and value is not None:
+                return served, value
+        if {"strategy", "feedback_score"} <= set(group.columns):
+            rows = group[(group["strategy"] == SERVED_STRATEGY) & group["feedback_score"].notna()]
+            if len(rows):
+                return str(rows["completion"].iloc[0]), float(rows["feedback_score"].iloc[0])
+        return None, None
+
+    def _matches(self, completions: Sequence[str], served: str) -> list[bool]:
+        if self.match == "text":
+            key = normalize_completion(served)
+            return [normalize_completion(c) == key for c in completions]
+        reference = extract_answer(served, self.extractor)
+        return [answers_match(extract_answer(c, self.extractor), reference) for c in completions]
+
+    def score_group(self, group: pd.DataFrame) -> ScoreResult:
+        served, value = self._served(group)
+        completions = group["completion"].astype(str).tolist()
+        if served is None or value is None:
+            matched = [False] * len(group)
+        else:
+            self._groups_with_feedback += 1
+            matched = self._matches(completions, served)
+            self._matched += sum(matched)
+        scores = [value if m else self.neutral for m in matched]
+        return ScoreResult(scores=scores, columns={"matched": matched})
+
+    def score(self, frame: pd.DataFrame) -> ScoreResult:
+        self._groups_with_feedback = self._matched = 0
+        result = super().score(frame)
+        result.metrics = {
+            "groups_with_feedback": float(self._groups_with_feedback),
+            "matched": float(self._matched),
+        }
+        return result
+
+
+def add_served_candidates(
+    candidates: pd.DataFrame, prompts: pd.DataFrame, config: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Append each prompt's served response (with feedback) to the round's candidates.
+
+    Rows follow the candidates contract with ``strategy="served"``; what the generating policy
+    cannot tell about a response it did not sample is missing rather than invented:
+    ``temperature``/``logprob`` are NaN and ``seed`` is -1 (recompute log-probs before a
+    trainer that needs them). ``feedback_score`` holds the user's score (NaN on generated rows).
+    ``config``: ``only_with_feedback`` (default true: unrated answers add no signal),
+    ``feedback_name`` (default ``user_feedback``).
+    """
+    config = dict(config or {})
+    only_rated = bool(config.get("only_with_feedback", True))
+    name = config.get("feedback_name", FEEDBACK_NAME)
+    out = candidates.copy()
+    if "feedback_score" not in out.columns:
+        out["feedback_score"] = np.nan
+    if "meta" not in prompts.columns or prompts.empty:
+        return out
+    round_no = int(candidates["round"].iloc[0]) if len(candidates) else 1
+    known = set(candidates["prompt_id"])
+    rows = []
+    for prompt_id, meta in zip(prompts["prompt_id"], prompts["meta"], strict=True):
+        served, value = served_feedback(meta, name)
+        if served is None or prompt_id not in known or (only_rated and value is None):
+            continue
+        trace_id = parse_meta(meta).get("trace_id")
+        rows.append(
+            {
+                "prompt_id": prompt_id,
+                "candidate_id": stable_hash([prompt_id, SERVED_STRATEGY, trace_id, served]),
+                "round": round_no,
+                "strategy": SERVED_STRATEGY,
+                "temperature": np.nan,
+                "seed": -1,
+                "completion": served,
+                "n_tokens": np.nan,
+                "finish_reason": "stop",
+                "logprob": np.nan,
+                "feedback_score": np.nan if value is None else value,
+            }
+        )
+    if not rows:
+        return out
+    served_frame = pd.DataFrame(rows)
+    return pd.concat(
+        [out, served_frame[[c for c in out.columns if c in served_frame]]], ignore_index=True
+    )
