@@ -2,8 +2,11 @@
 
     python scripts/make_default_data.py [--out data/01_raw] [--n-usage 400] [--n-benchmark 400]
 
-Task: reasoning-gym ``chain_sum`` with 1-digit operands and 2-3 terms (about 4,200 distinct
-problems; the 2-term space alone holds only ~200, too few for disjoint train and test sets).
+Task: reasoning-gym ``chain_sum`` with 1-digit operands, 2 or 3 terms, drawn per shape so that
+usage and benchmark have the same mix (25 % two-term, 75 % three-term). The two-term space holds
+only ~200 problems, so it is split between the sets; the three-term space (~4,000) widens the
+benchmark beyond it. Measured on SmolLM2-135M-Instruct (greedy, 60 problems each): two-term 0.43,
+three-term 0.08, two-term with 2-digit operands 0.03.
 
 * ``usage.jsonl`` — unlabeled chat requests in mixed shapes (OpenAI ``messages``, plain
   ``prompt``, ``prompt`` + ``system``, a bare JSON string) plus deliberately messy rows that
@@ -25,6 +28,11 @@ import reasoning_gym
 
 TASK = "chain_sum"
 TASK_CONFIG = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
+# (shape config, share of each set): both sets get the same mix of shapes.
+SHAPES = [
+    ({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, 0.25),
+    ({"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}, 0.75),
+]
 USAGE_SEED = 1234
 BENCHMARK_SEED = 999
 SHUFFLE_SEED = 7
@@ -35,12 +43,16 @@ SYSTEM_VARIANTS = [
 ]
 
 
-def unique_problems(seed: int, n: int, exclude: set[str] = frozenset()) -> list[dict]:
+def unique_problems(
+    seed: int, n: int, exclude: set[str] = frozenset(), config: dict | None = None
+) -> list[dict]:
     """The first ``n`` distinct problems of a seeded stream, skipping questions in ``exclude``."""
     size = n * 4
     while True:
         seen, out = set(exclude), []
-        for item in reasoning_gym.create_dataset(TASK, seed=seed, size=size, **TASK_CONFIG):
+        for item in reasoning_gym.create_dataset(
+            TASK, seed=seed, size=size, **(config or TASK_CONFIG)
+        ):
             if item["question"] not in seen:
                 seen.add(item["question"])
                 out.append(item)
@@ -158,12 +170,25 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     n_extra = 6
-    usage = unique_problems(USAGE_SEED, args.n_usage + n_extra)
-    usage, extra = usage[: args.n_usage], usage[args.n_usage :]
-    usage_questions = [item["question"] for item in usage]
-    benchmark = unique_problems(
-        BENCHMARK_SEED, args.n_benchmark, exclude={p["question"] for p in usage + extra}
+    usage, benchmark = [], []
+    for config, share in SHAPES:
+        part = unique_problems(USAGE_SEED, round(args.n_usage * share), config=config)
+        usage += part
+        benchmark += unique_problems(
+            BENCHMARK_SEED,
+            round(args.n_benchmark * share),
+            exclude={p["question"] for p in part},
+            config=config,
+        )
+    extra = unique_problems(
+        USAGE_SEED + 1,
+        n_extra,
+        exclude={p["question"] for p in usage + benchmark},
+        config=SHAPES[-1][0],
     )
+    random.Random(SHUFFLE_SEED).shuffle(usage)
+    random.Random(SHUFFLE_SEED + 1).shuffle(benchmark)
+    usage_questions = [item["question"] for item in usage]
 
     rng = random.Random(SHUFFLE_SEED)
     lines = [
