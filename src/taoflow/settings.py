@@ -16,6 +16,9 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # `oc.env` is credentials-only by default; mlflow.yml needs it for MLFLOW_TRACKING_URI.
     "custom_resolvers": {"oc.env": oc.env},
+    # An experiment environment overrides single knobs (`generate.num_candidates`), not whole
+    # stage blocks: merge parameters key by key instead of replacing top-level keys.
+    "merge_strategy": {"parameters": "soft"},
     "config_patterns": {
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],

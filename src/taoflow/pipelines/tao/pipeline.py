@@ -1,0 +1,80 @@
+"""tao: ingest → rounds × (generate → score → train → health) → evaluate, as one graph.
+
+Each round is the same template instantiated under its own namespace (``round_1``, …), so
+kedro-viz shows rounds as collapsible groups and every intermediate gets its own catalog entry
+through dataset factories. Round ``k`` starts from round ``k-1``'s ``next_policy``: its trained
+policy, or — when the health guard judged that policy collapsed — the policy it started from.
+
+The number of rounds is read while the graph is built (Kedro builds pipelines before nodes see
+``params:``), from the running session's config loader (:mod:`taoflow.config`): set
+``tao.rounds`` in an environment (``kedro run --env two_rounds``) or on the command line
+(``kedro run --params tao.rounds=2``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.pipeline import Pipeline, pipeline
+
+from taoflow.config import graph_parameters
+from taoflow.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
+from taoflow.pipelines.generate.pipeline import create_template as generate_template
+from taoflow.pipelines.health.pipeline import (
+    create_reference_probe,
+    create_report_pipeline,
+    shared_params,
+)
+from taoflow.pipelines.health.pipeline import create_template as health_template
+from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
+from taoflow.pipelines.score.pipeline import create_template as score_template
+from taoflow.pipelines.train.pipeline import create_template as train_template
+
+BASE = "base_model"
+
+
+def round_template() -> Pipeline:
+    """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy."""
+    return (
+        generate_template()
+        + score_template()
+        + train_template()
+        + health_template(select_policy=True, probe_policy=True)
+    )
+
+
+def create_round(k: int, input_policy: str) -> Pipeline:
+    """Round ``k`` under namespace ``round_k``, starting from the catalog entry ``input_policy``."""
+    template = round_template()
+    free = {name for name in template.inputs() if not name.startswith("params:")}
+    inputs = {name: name for name in free}
+    inputs.update(input_policy=input_policy, health_reference="health_base_probe")
+    return pipeline(
+        template, namespace=f"round_{k}", inputs=inputs, parameters=shared_params(template)
+    )
+
+
+def rounds_from_config(params: dict[str, Any]) -> int:
+    rounds = int((params.get("tao") or {}).get("rounds", 1))
+    if rounds < 1:
+        raise ValueError(f"tao.rounds must be at least 1, got {rounds}")
+    return rounds
+
+
+def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
+    params = graph_parameters()
+    rounds = rounds_from_config(params) if rounds is None else rounds
+    composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
+    models, health = {"base": BASE}, {}
+    policy = BASE
+    namespaces = []
+    for k in range(1, rounds + 1):
+        namespace = f"round_{k}"
+        composed += create_round(k, policy)
+        policy = f"{namespace}.next_policy"
+        models[namespace] = f"{namespace}.policy"
+        health[namespace] = f"{namespace}.health"
+        namespaces.append(namespace)
+    composed += create_report_pipeline(namespaces)
+    return composed + evaluate_pipeline(models=models, health=health)
