@@ -1,0 +1,544 @@
+"""Batched generation engine shared by ``generate``, ``evaluate`` and ``serve``.
+
+Why it exists rather than calling ``model.generate`` directly:
+
+* **Throughput.** Prompts are rendered with the chat template, expanded into one row per
+  requested sequence, sorted by length and packed into batches by a *token budget*
+  (``rows × (longest prompt + max_new_tokens)``), so short prompts are not padded to long
+  ones and batch size adapts to the workload.
+* **Seeds that survive re-batching.** Each row (conversation ``i``, sample ``j``) samples from
+  its own ``torch.Generator`` seeded with ``derive_seed(seeds[i], j)``. A row's completion
+  therefore depends on its seed and the model, not on which other rows shared its batch, so a
+  different token budget, shard size or ordering yields the same candidates (up to float noise
+  in batched matmuls).
+* **Log-probabilities for free.** ``logprob`` is the sum over the completion's tokens (stop token
+  included) of ``log_softmax`` of the *raw* logits ``generate`` returns in the same pass
+  (``output_logits=True``) — the policy at temperature 1, whatever sampling settings were used,
+  and no second forward pass.
+
+The optional vLLM backend has the same output contract; it is used only when selected and
+fails with a clear message when vLLM or a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from taoflow.models import Policy
+from taoflow.utils import derive_seed, stable_hash
+
+BACKENDS = ("transformers", "vllm")
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
+
+
+class SeededSampler(LogitsProcessor):
+    """Samples each row with its own generator and returns a one-hot score row.
+
+    ``generate`` then runs greedy (``do_sample=False``), whose argmax picks exactly the token
+    sampled here. Temperature / top-k / top-p are Hugging Face's own warpers; only the draw is
+    ours, one uniform per row per step, by inverse CDF: the same row seed and the same
+    distribution give the same token whatever the batch looks like.
+    """
+
+    def __init__(
+        self,
+        generators: Sequence[torch.Generator],
+        temperature: float,
+        top_p: float,
+        top_k: int,
+    ):
+        # Generators, not seeds: their state carries over when a row's decoding is resumed.
+        self.generators = list(generators)
+        warpers: list[LogitsProcessor] = []
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k and top_k > 0:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+        self.warpers = LogitsProcessorList(warpers)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.generators):
+            raise RuntimeError(
+                f"SeededSampler got {scores.shape[0]} rows for {len(self.generators)} generators."
+            )
+        probs = self.warpers(input_ids, scores).float().softmax(dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        draws = torch.cat([torch.rand(1, generator=g) for g in self.generators])
+        target = (draws.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+        # side="right": the first token whose cumulative mass exceeds the draw always has p > 0.
+        tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
+        onehot = torch.full_like(scores, float("-inf"))
+        return onehot.scatter_(1, tokens, 0.0)
+
+
+def frame_conversation(
+    messages: Sequence[dict],
+    *,
+    system_prompt: str | None = None,
+    instruction: str | None = None,
+    default_system: str | None = None,
+) -> list[dict[str, str]]:
+    """Messages as the model should see them under a strategy's prompt variant.
+
+    ``system_prompt`` replaces any system turn (a strategy's variant, e.g. "reason step by
+    step"); otherwise ``default_system`` (the task's) is added only where the prompt has no
+    system turn. ``instruction`` is appended to the last user turn. The input is not modified.
+    """
+    framed = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    system = system_prompt
+    if system is None and default_system and not any(m["role"] == "system" for m in framed):
+        system = default_system
+    if system is not None:
+        framed = [{"role": "system", "content": system}] + [
+            m for m in framed if m["role"] != "system"
+        ]
+    if instruction:
+        for m in reversed(framed):
+            if m["role"] == "user":
+                m["content"] = f"{m['content']}\n\n{instruction}"
+                break
+    return framed
+
+
+def stop_token_ids(policy: Policy) -> list[int]:
+    """Token ids that end a completion: EOS from tokenizer and generation config, plus ChatML ends."""
+    tokenizer = policy.tokenizer
+    ids: set[int] = set()
+    for value in (
+        tokenizer.eos_token_id,
+        getattr(policy.model.generation_config, "eos_token_id", None),
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
+    if not ids:
+        raise ValueError(
+            f"{policy.name}: tokenizer defines no EOS token; cannot tell when to stop."
+        )
+    return sorted(ids)
+
+
+def render_prompts(policy: Policy, conversations: Sequence[Sequence[dict]]) -> list[list[int]]:
+    """Chat-template each conversation (with the assistant turn opened) into token ids."""
+    tokenizer = policy.tokenizer
+    out = []
+    for i, conversation in enumerate(conversations):
+        if not conversation:
+            raise ValueError(f"conversation {i} is empty: nothing to answer.")
+        text = tokenizer.apply_chat_template(
+            list(conversation), add_generation_prompt=True, tokenize=False
+        )
+        # The template already spells out BOS/role markers as text; adding specials would double them.
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def plan_batches(lengths: Sequence[int], max_new_tokens: int, token_budget: int) -> list[list[int]]:
+    """Row indices sorted by prompt length, packed so ``rows × (longest + new) ≤ token_budget``.
+
+    A row longer than the budget on its own still gets a batch of one rather than failing.
+    """
+    order = sorted(range(len(lengths)), key=lambda r: (lengths[r], r))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for r in order:
+        width = lengths[r] + max_new_tokens  # ascending order: the new row is the longest
+        if current and (len(current) + 1) * width > token_budget:
+            batches.append(current)
+            current = []
+        current.append(r)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _counts(num_return_sequences: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(num_return_sequences, int):
+        counts = [num_return_sequences] * n
+    else:
+        counts = [int(c) for c in num_return_sequences]
+        if len(counts) != n:
+            raise ValueError(
+                f"num_return_sequences has {len(counts)} entries for {n} conversations."
+            )
+    if any(c < 0 for c in counts):
+        raise ValueError("num_return_sequences must be ≥ 0.")
+    return counts
+
+
+def generate_completions(
+    policy: Policy,
+    conversations: Sequence[Sequence[dict]],
+    *,
+    num_return_sequences: int | Sequence[int] = 1,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    token_budget: int = 8192,
+    progress: bool | str = False,
+    seeds: Sequence[int] | None = None,
+    backend: str = "transformers",
+    chunk_tokens: int = 4,
+) -> list[list[dict]]:
+    """Sample completions for chat conversations, batched for throughput.
+
+    Returns one list per conversation of ``num_return_sequences`` dicts:
+    ``{"completion": str, "n_tokens": int, "finish_reason": "stop"|"length", "logprob": float,
+    "seed": int, "token_ids": list[int]}``. ``n_tokens``, ``token_ids`` and ``logprob`` include
+    the stop token when there is one; ``completion`` is the decoded text without special tokens.
+
+    ``num_return_sequences`` may be a per-conversation list. ``seeds`` optionally gives each
+    conversation its own seed (default ``derive_seed(seed, i)``); sample ``j`` uses
+    ``derive_seed(seeds[i], j)``, reported as ``seed``. Greedy (``do_sample=False`` or
+    ``temperature == 0``) decodes once per conversation and repeats the result.
+    ``token_budget`` bounds ``rows × (longest prompt + max_new_tokens)`` per batch, i.e. the KV
+    cache; bigger batches amortise each decoding step's fixed cost (on CPU, reading the weights).
+    ``chunk_tokens``: decoding steps between drops of finished rows (the raw logits kept for
+    ``logprob`` are ``rows × chunk_tokens × vocab`` floats at a time).
+    ``progress``: show a bar (a string is used as its label).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown generation backend {backend!r}; expected one of {BACKENDS}.")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be ≥ 1.")
+    if do_sample and temperature < 0:
+        raise ValueError("temperature must be ≥ 0.")
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1].")
+    if chunk_tokens < 1 or token_budget < 1:
+        raise ValueError("chunk_tokens and token_budget must be ≥ 1.")
+    counts = _counts(num_return_sequences, len(conversations))
+    if seeds is None:
+        seeds = [derive_seed(seed, i) for i in range(len(conversations))]
+    elif len(seeds) != len(conversations):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(conversations)} conversations.")
+    greedy = not do_sample or temperature == 0
+    if backend == "vllm":
+        return _generate_vllm(
+            policy,
+            conversations,
+            counts=counts,
+            seeds=seeds,
+            greedy=greedy,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+        )
+
+    prompts = render_prompts(policy, conversations)
+    # One row per sequence to generate: (conversation, sample index, row seed).
+    rows: list[tuple[int, int, int]] = []
+    for i, count in enumerate(counts):
+        for j in range(1 if greedy and count else count):
+            rows.append((i, j, derive_seed(seeds[i], j)))
+    batches = plan_batches([len(prompts[i]) for i, _, _ in rows], max_new_tokens, token_budget)
+
+    stops = stop_token_ids(policy)
+    results: list[list[dict | None]] = [[None] * c for c in counts]
+    remaining = [1 if greedy and c else c for c in counts]
+    label = progress if isinstance(progress, str) else "generate"
+    bar = tqdm(total=len(conversations), desc=label, unit="prompt", disable=not progress)
+    bar.update(sum(1 for c in counts if c == 0))
+    n_tokens_total, started = 0, time.perf_counter()
+    was_training = policy.model.training
+    policy.model.eval()  # dropout off: a policy handed over mid-training must still reproduce
+    try:
+        for batch in batches:
+            outputs = _generate_batch(
+                policy,
+                [prompts[rows[r][0]] for r in batch],
+                [rows[r][2] for r in batch],
+                greedy=greedy,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                max_new_tokens=max_new_tokens,
+                stops=stops,
+                chunk_tokens=chunk_tokens,
+            )
+            finished = 0
+            for r, output in zip(batch, outputs, strict=True):
+                i, j, row_seed = rows[r]
+                output["seed"] = row_seed
+                n_tokens_total += output["n_tokens"]
+                if greedy:
+                    results[i] = [dict(output) for _ in range(counts[i])]
+                else:
+                    results[i][j] = output
+                remaining[i] -= 1
+                finished += remaining[i] == 0
+            bar.update(finished)
+            bar.set_postfix(tok_s=f"{n_tokens_total / (time.perf_counter() - started):.1f}")
+    finally:
+        policy.model.train(was_training)
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _generate_batch(
+    policy: Policy,
+    prompts: list[list[int]],
+    row_seeds: list[int],
+    *,
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    stops: list[int],
+    chunk_tokens: int,
+) -> list[dict[str, Any]]:
+    """Generate one batch of rows; returns completion, finish reason, log-prob per row.
+
+    Two savings over a single ``generate`` call, both through the KV cache ``generate`` takes:
+
+    * **shared prefill** — rows with the same prompt (the samples of one conversation) are
+      prefilled once and the cache rows are copied, instead of recomputing the prompt per sample;
+    * **compaction** — decoding runs in chunks of ``chunk_tokens`` steps; after each chunk the
+      rows that have stopped are dropped from the batch and the cache, so a batch no longer
+      pays for its finished rows until its longest one ends.
+
+    Rows sample from their own generators (kept across chunks), so results do not depend on
+    either saving.
+    """
+    from transformers import DynamicCache
+
+    tokenizer, model = policy.tokenizer, policy.model
+    device = model.device
+    unique: dict[tuple[int, ...], int] = {}
+    row_prompt = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+    padded = tokenizer.pad(
+        {"input_ids": [list(p) for p in unique]},
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    ).to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    gather = torch.tensor(row_prompt, device=device)
+    generators = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+    n_rows = len(prompts)
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    logprobs: list[list[float]] = [[] for _ in range(n_rows)]
+    stopped = [False] * n_rows
+    stop_set = set(stops)
+
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        ids, mask = padded["input_ids"], padded["attention_mask"]
+        if ids.shape[1] > 1:  # prefill all but the last prompt token; generate feeds that one
+            model(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_(min=0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_select_indices(gather)
+        ids, mask = ids[gather], mask[gather]
+        active = list(range(n_rows))
+        produced = 0
+        while active and produced < max_new_tokens:
+            steps = min(chunk_tokens, max_new_tokens - produced)
+            config = GenerationConfig(
+                do_sample=False,  # sampling happens in SeededSampler; argmax follows its choice
+                max_new_tokens=steps,
+                eos_token_id=stops,
+                pad_token_id=pad_id,
+                return_dict_in_generate=True,
+                output_logits=True,
+                use_cache=True,
+            )
+            sampler = (
+                []
+                if greedy
+                else [SeededSampler([generators[r] for r in active], temperature, top_p, top_k)]
+            )
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                cache=cache,
+                generation_config=config,
+                logits_processor=LogitsProcessorList(sampler),
+            )
+            new = out.sequences[:, ids.shape[1] :]
+            # Log-prob of each chosen token under the raw (temperature-1) distribution.
+            chosen = (
+                torch.stack(
+                    [
+                        torch.log_softmax(logits.float(), dim=-1)
+                        .gather(1, new[:, t : t + 1])
+                        .squeeze(1)
+                        for t, logits in enumerate(out.logits)
+                    ],
+                    dim=1,
+                )
+                .double()
+                .cpu()
+            )
+            new_cpu = new.cpu().tolist()
+            keep = []
+            for k, r in enumerate(active):
+                row = new_cpu[k]
+                end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), None)
+                tokens[r].extend(row[:end])
+                logprobs[r].extend(chosen[k, : end or len(row)].tolist())
+                if end is None:
+                    keep.append(k)
+                else:
+                    stopped[r] = True
+            produced += new.shape[1]
+            if not keep or produced >= max_new_tokens:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], new.shape[1])], dim=1)
+            ids = out.sequences
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                ids, mask = ids[index], mask[index]
+            active = [active[k] for k in keep]
+
+    results = []
+    for r in range(n_rows):
+        text_ids = tokens[r][:-1] if stopped[r] else tokens[r]
+        results.append(
+            {
+                "completion": tokenizer.decode(text_ids, skip_special_tokens=True),
+                "n_tokens": len(tokens[r]),
+                "finish_reason": "stop" if stopped[r] else "length",
+                "logprob": float(sum(logprobs[r])),
+                "token_ids": tokens[r],
+            }
+        )
+    return results
+
+
+def vllm_available() -> bool:
+    """True when vLLM is importable and a CUDA GPU is present (vLLM's supported setup here)."""
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def _model_path(policy: Policy) -> str:
+    path = getattr(policy.model, "name_or_path", "") or policy.lineage.get("name_or_path", "")
+    if not path or not Path(path).exists():
+        raise ValueError(
+            f"The vLLM backend loads weights from disk, but policy {policy.name!r} has no local "
+            f"folder (name_or_path={path!r}). Save it with PolicyDataset first."
+        )
+    return str(path)
+
+
+def _generate_vllm(
+    policy: Policy,
+    conversations: Sequence[Sequence[dict]],
+    *,
+    counts: list[int],
+    seeds: Sequence[int],
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+) -> list[list[dict]]:
+    """The same contract through vLLM: one request per conversation with ``n`` samples."""
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(
+            "generate backend 'vllm' was selected but vLLM is not installed: "
+            "pip install 'taoflow[vllm]' on a GPU machine, or use backend: transformers."
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "generate backend 'vllm' was selected but no CUDA GPU is visible; "
+            "use backend: transformers on this machine."
+        )
+    from vllm import LLM, SamplingParams
+
+    llm = _vllm_engine(LLM, _model_path(policy))
+    params = [
+        SamplingParams(
+            n=1 if greedy else count,
+            temperature=0.0 if greedy else temperature,
+            top_p=top_p,
+            top_k=top_k if top_k > 0 else -1,
+            max_tokens=max_new_tokens,
+            seed=int(seeds[i]),
+            logprobs=0,  # only the sampled token's log-prob, from raw logits
+        )
+        for i, count in enumerate(counts)
+    ]
+    live = [i for i, c in enumerate(counts) if c]
+    outputs = llm.chat([list(conversations[i]) for i in live], [params[i] for i in live])
+    results: list[list[dict]] = [[] for _ in counts]
+    for i, request in zip(live, outputs, strict=True):
+        samples = []
+        for j, sample in enumerate(request.outputs):
+            samples.append(
+                {
+                    "completion": sample.text,
+                    "n_tokens": len(sample.token_ids),
+                    "finish_reason": "stop" if sample.finish_reason == "stop" else "length",
+                    "logprob": float(sample.cumulative_logprob or 0.0),
+                    "token_ids": list(sample.token_ids),
+                    "seed": derive_seed(seeds[i], j),
+                }
+            )
+        results[i] = [dict(samples[0]) for _ in range(counts[i])] if greedy else samples
+    return results
+
+
+_VLLM_ENGINES: dict[str, Any] = {}
+
+
+def _vllm_engine(llm_cls: Any, path: str) -> Any:
+    """One vLLM engine per model folder per process: building one takes tens of seconds."""
+    if path not in _VLLM_ENGINES:
+        _VLLM_ENGINES.clear()  # one model on the GPU at a time
+        _VLLM_ENGINES[path] = llm_cls(model=path, seed=0)
+    return _VLLM_ENGINES[path]
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """Cheap content hash of a policy (weight statistics + tokenizer), for cache and shard keys.
+
+    Lineage alone is not enough: two runs can save different weights under the same lineage.
+    """
+    stats = []
+    with torch.no_grad():
+        for name, param in policy.model.named_parameters():
+            p = param.detach().double()
+            stats.append(
+                [name, list(p.shape), f"{p.sum().item():.10e}", f"{p.abs().sum().item():.10e}"]
+            )
+    tok = policy.tokenizer
+    return stable_hash(
+        {
+            "weights": stats,
+            "vocab": len(tok),
+            "chat_template": tok.chat_template,
+            "adapter": policy.adapter is not None,
+        }
+    )

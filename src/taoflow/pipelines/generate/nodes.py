@@ -1,0 +1,329 @@
+"""Nodes of the ``generate`` stage: train prompts × current policy → candidate completions.
+
+The work is cut into shards by a plan that depends only on the data and the configuration
+(prompts sorted by ``prompt_id``, ``shard_size`` per shard). Each shard's seed derives from
+(global seed, round, shard), and the shard id embeds a hash of everything that decides its
+content, so ``ResumablePartitionedDataset`` can skip shards already on disk after a killed run
+without ever reusing one made under another configuration or policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import pandas as pd
+
+from taoflow.generation import (
+    BACKENDS,
+    frame_conversation,
+    generate_completions,
+    policy_fingerprint,
+)
+from taoflow.models import Policy
+from taoflow.utils import as_messages, derive_seed, mlflow_metrics, stable_hash
+
+CANDIDATE_COLUMNS = [
+    "prompt_id",
+    "candidate_id",
+    "round",
+    "strategy",
+    "temperature",
+    "seed",
+    "completion",
+    "n_tokens",
+    "finish_reason",
+    "logprob",
+]
+# Shard-only bookkeeping, dropped when shards are concatenated into ``candidates``.
+TIMING_COLUMNS = ["shard_id", "shard_seconds"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One exploration strategy: sampling settings plus an optional prompt variant."""
+
+    name: str
+    weight: float
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 48
+    system_prompt: str | None = None
+    instruction: str | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def parse_strategies(config: dict[str, Any]) -> list[Strategy]:
+    """Validated strategies from ``generate.strategies`` (errors name the offending key)."""
+    raw = config.get("strategies")
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError("generate.strategies must be a non-empty mapping of name → settings.")
+    known = set(Strategy.__dataclass_fields__) - {"name"}
+    strategies = []
+    for name, settings in raw.items():
+        where = f"generate.strategies.{name}"
+        settings = dict(settings or {})
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        for field in ("weight", "temperature"):
+            if field not in settings:
+                raise ValueError(f"{where}.{field} is required.")
+        strategy = Strategy(name=str(name), **settings)
+        if strategy.weight < 0:
+            raise ValueError(f"{where}.weight must be ≥ 0, got {strategy.weight}.")
+        if strategy.temperature < 0:
+            raise ValueError(f"{where}.temperature must be ≥ 0 (0 = greedy).")
+        if not 0 < strategy.top_p <= 1:
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {strategy.top_p}.")
+        if strategy.top_k < 0 or strategy.max_new_tokens < 1:
+            raise ValueError(f"{where}: top_k must be ≥ 0 and max_new_tokens ≥ 1.")
+        strategies.append(strategy)
+    if sum(s.weight for s in strategies) <= 0:
+        raise ValueError("generate.strategies: at least one strategy needs a positive weight.")
+    return strategies
+
+
+def allocate_candidates(
+    n_prompts: int, num_candidates: int, weights: list[float]
+) -> list[list[int]]:
+    """Candidates per (prompt, strategy): each prompt gets ``num_candidates`` in total.
+
+    Systematic allocation over the whole run: among the first ``m`` candidate slots, strategy
+    ``s`` owns ``round(m × cumulative_weight_s) − round(m × cumulative_weight_{s−1})``. Totals
+    per strategy are within one of ``weight × slots``, remainders rotate across prompts instead
+    of always favouring one strategy, and the result depends only on the inputs.
+    """
+    fractions = [Fraction(w).limit_denominator(10**6) for w in weights]
+    total = sum(fractions)
+    bounds, acc = [], Fraction(0)
+    for f in fractions:
+        acc += f / total
+        bounds.append(acc)
+
+    def owned(m: int) -> list[int]:
+        cumulative = [int(m * b + Fraction(1, 2)) for b in bounds]  # round half up, exactly
+        return [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
+
+    allocation = []
+    for p in range(n_prompts):
+        before, after = owned(p * num_candidates), owned((p + 1) * num_candidates)
+        allocation.append([a - b for a, b in zip(after, before, strict=True)])
+    return allocation
+
+
+def select_train_prompts(prompts: pd.DataFrame) -> pd.DataFrame:
+    """The ``split == "train"`` prompts, validated and sorted by ``prompt_id`` (the shard plan order)."""
+    missing = {"prompt_id", "messages", "split"} - set(prompts.columns)
+    if missing:
+        raise ValueError(f"prompts: missing column(s) {sorted(missing)} (DESIGN.md contract).")
+    train = prompts[prompts["split"] == "train"]
+    if train.empty:
+        splits = prompts["split"].value_counts().to_dict()
+        raise ValueError(
+            f"prompts: no rows with split == 'train' ({len(prompts)} rows; splits {splits}). "
+            "Run the ingest pipeline with usage data, or lower its holdout fraction."
+        )
+    duplicated = train["prompt_id"][train["prompt_id"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"prompts: duplicated prompt_id {duplicated[:5]} among train rows.")
+    records = []
+    for row, (prompt_id, messages) in enumerate(
+        zip(train["prompt_id"], train["messages"], strict=True)
+    ):
+        try:
+            parsed = as_messages(messages)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"prompts row {row} (prompt_id={prompt_id}): field 'messages' is not a list of "
+                f"{{role, content}}: {err!r}"
+            ) from err
+        if not any(m["role"] == "user" for m in parsed):
+            raise ValueError(
+                f"prompts row {row} (prompt_id={prompt_id}): field 'messages' has no user turn."
+            )
+        records.append({"prompt_id": str(prompt_id), "messages": parsed})
+    return pd.DataFrame(records).sort_values("prompt_id", kind="stable").reset_index(drop=True)
+
+
+def _round_of(policy: Policy) -> int:
+    return int(policy.lineage.get("round", 0)) + 1
+
+
+def generate_candidates(
+    prompts: pd.DataFrame,
+    input_policy: Policy,
+    generate: dict[str, Any],
+    seed: int,
+    task: dict[str, Any],
+) -> dict[str, Callable[[], pd.DataFrame]]:
+    """Plan the shards and return them lazily: ``{shard_id: callable → candidates DataFrame}``.
+
+    Nothing is generated here; ``ResumablePartitionedDataset`` calls each callable while saving
+    and skips shards already on disk, which makes a killed run resumable.
+    """
+    backend = generate.get("backend", "transformers")
+    if backend not in BACKENDS:
+        raise ValueError(f"generate.backend: {backend!r} is not one of {BACKENDS}.")
+    num_candidates = int(generate.get("num_candidates", 8))
+    shard_size = int(generate.get("shard_size", 32))
+    token_budget = int(generate.get("token_budget", 32768))
+    if num_candidates < 1 or shard_size < 1 or token_budget < 1:
+        raise ValueError("generate: num_candidates, shard_size and token_budget must be ≥ 1.")
+    strategies = parse_strategies(generate)
+    train = select_train_prompts(prompts)
+    allocation = allocate_candidates(len(train), num_candidates, [s.weight for s in strategies])
+    round_ = _round_of(input_policy)
+    default_system = (task or {}).get("system_prompt")
+    plan_key = {
+        "strategies": [asdict(s) for s in strategies],
+        "num_candidates": num_candidates,
+        "shard_size": shard_size,
+        "token_budget": token_budget,
+        "backend": backend,
+        "seed": seed,
+        "round": round_,
+        "system_prompt": default_system,
+        "policy": policy_fingerprint(input_policy),
+    }
+
+    shards: dict[str, Callable[[], pd.DataFrame]] = {}
+    for index, start in enumerate(range(0, len(train), shard_size)):
+        chunk = train.iloc[start : start + shard_size]
+        counts = allocation[start : start + shard_size]
+        content = [
+            [pid, msgs] for pid, msgs in zip(chunk["prompt_id"], chunk["messages"], strict=True)
+        ]
+        shard_id = f"{index:05d}-{stable_hash([plan_key, content, counts], 12)}"
+        shards[shard_id] = _shard_job(
+            shard_id=shard_id,
+            policy=input_policy,
+            prompt_ids=chunk["prompt_id"].tolist(),
+            conversations=chunk["messages"].tolist(),
+            counts=counts,
+            strategies=strategies,
+            shard_seed=derive_seed(seed, round_, index),
+            round_=round_,
+            default_system=default_system,
+            token_budget=token_budget,
+            backend=backend,
+        )
+    return shards
+
+
+def _shard_job(
+    *,
+    shard_id: str,
+    policy: Policy,
+    prompt_ids: list[str],
+    conversations: list[list[dict]],
+    counts: list[list[int]],
+    strategies: list[Strategy],
+    shard_seed: int,
+    round_: int,
+    default_system: str | None,
+    token_budget: int,
+    backend: str,
+) -> Callable[[], pd.DataFrame]:
+    def run() -> pd.DataFrame:
+        started = time.perf_counter()
+        records = []
+        for s_index, strategy in enumerate(strategies):
+            wanted = [c[s_index] for c in counts]
+            live = [i for i, n in enumerate(wanted) if n]
+            if not live:
+                continue
+            outputs = generate_completions(
+                policy,
+                [
+                    frame_conversation(
+                        conversations[i],
+                        system_prompt=strategy.system_prompt,
+                        instruction=strategy.instruction,
+                        default_system=default_system,
+                    )
+                    for i in live
+                ],
+                num_return_sequences=[wanted[i] for i in live],
+                do_sample=not strategy.greedy,
+                temperature=strategy.temperature,
+                top_p=strategy.top_p,
+                top_k=strategy.top_k,
+                max_new_tokens=strategy.max_new_tokens,
+                seeds=[derive_seed(shard_seed, strategy.name, prompt_ids[i]) for i in live],
+                token_budget=token_budget,
+                progress=f"shard {shard_id[:5]} {strategy.name}",
+                backend=backend,
+            )
+            for i, samples in zip(live, outputs, strict=True):
+                for j, sample in enumerate(samples):
+                    records.append(
+                        {
+                            "prompt_id": prompt_ids[i],
+                            "candidate_id": stable_hash(
+                                [prompt_ids[i], round_, strategy.name, j, sample["seed"]]
+                            ),
+                            "round": round_,
+                            "strategy": strategy.name,
+                            "temperature": float(strategy.temperature),
+                            "seed": int(sample["seed"]),
+                            "completion": sample["completion"],
+                            "n_tokens": int(sample["n_tokens"]),
+                            "finish_reason": sample["finish_reason"],
+                            "logprob": float(sample["logprob"]),
+                        }
+                    )
+        frame = pd.DataFrame.from_records(records, columns=CANDIDATE_COLUMNS)
+        frame["shard_id"] = shard_id
+        frame["shard_seconds"] = time.perf_counter() - started
+        return frame
+
+    return run
+
+
+def collect_candidates(
+    candidate_shards: dict[str, Callable[[], pd.DataFrame]],
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Concatenate the shards into ``candidates`` and summarise them for MLflow.
+
+    Throughput comes from the timing each shard recorded when it was generated, so a resumed
+    run still reports the speed the candidates were actually produced at.
+    """
+    if not candidate_shards:
+        raise ValueError("candidate_shards is empty: the generate plan produced no shards.")
+    frames = [load() for _, load in sorted(candidate_shards.items())]
+    shards = pd.concat(frames, ignore_index=True)
+    candidates = shards[CANDIDATE_COLUMNS].reset_index(drop=True)
+    if candidates.empty:
+        raise ValueError("generate produced no candidates (all strategies had zero weight?).")
+    round_ = int(candidates["round"].iloc[0])
+    seconds = shards.groupby("shard_id")["shard_seconds"].first().sum()
+    tokens = int(candidates["n_tokens"].sum())
+    distinct = candidates.groupby("prompt_id")["completion"].agg(lambda c: c.nunique() / len(c))
+    values: dict[str, float | int | None] = {
+        "prompts": candidates["prompt_id"].nunique(),
+        "candidates": len(candidates),
+        "shards": len(candidate_shards),
+        "tokens": tokens,
+        "seconds": float(seconds),
+        "tokens_per_s": tokens / seconds if seconds > 0 else None,
+        "mean_completion_tokens": float(candidates["n_tokens"].mean()),
+        "mean_logprob_per_token": float(candidates["logprob"].sum() / max(tokens, 1)),
+        "distinct_fraction": float(distinct.mean()),
+    }
+    for strategy, group in candidates.groupby("strategy", sort=True):
+        reasons = group["finish_reason"].value_counts()
+        values[f"{strategy}.candidates"] = len(group)
+        values[f"{strategy}.mean_completion_tokens"] = float(group["n_tokens"].mean())
+        for reason in ("stop", "length"):
+            values[f"{strategy}.finish_{reason}"] = int(reasons.get(reason, 0))
+    return candidates, mlflow_metrics(values, prefix="generate", step=round_)
