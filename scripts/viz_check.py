@@ -72,7 +72,8 @@ def check(project: Path, expect: list[str], screenshot: Path | None, timeout: fl
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen(
-        ["kedro", "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"],
+        [sys.executable, "-m", "kedro", "viz", "run", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--no-browser"],
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ import pandas as pd
 from kedro.framework.session import KedroSession
 
 
-def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project):
+def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monkeypatch):
     with KedroSession.create(project_path=kedro_project, env="smoke") as session:
         session.run()  # __default__ = tao
 
@@ -46,6 +46,27 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project):
     assert "version.trl" in run.data.tags
     assert any(key.startswith("generate.") for key in run.data.metrics)
     assert run.data.tags.get("taoflow.gate.decision") in {"champion", "challenger"}
+
+    # The results notebook runs against this run's catalog, found through a Kedro session.
+    import shutil
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .conftest import PROJECT_ROOT
+
+    notebooks = kedro_project / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(PROJECT_ROOT / "notebooks" / "tao_results.ipynb", notebooks)
+    monkeypatch.setenv("KEDRO_ENV", "smoke")
+    notebook = nbformat.read(notebooks / "tao_results.ipynb", as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": notebooks}}
+    ).execute()
+    printed = "".join(
+        out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", [])
+    )
+    assert "rounds found: ['round_1', 'round_2']" in printed
 
 
 def test_rerun_reproduces_candidates_and_scores(kedro_project):
