@@ -132,7 +132,7 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
         "ci_low",
         "ci_high",
     ]
-    assert set(results["model"]) == {"base", "round_1"}
+    assert set(results["model"]) == {"base", "best_of_n", "round_1"}
     labeled = results[results["benchmark"] == "chain_sum"]
     assert set(labeled["metric"]) == {"accuracy", "pass@1", "maj@2", "pass@2"}
     assert (labeled["n"] == 3).all()

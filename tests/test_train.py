@@ -369,6 +369,13 @@ def test_train_pipeline_runs_in_kedro_session(kedro_project, tiny_model_dir):
                     "type": "pandas.ParquetDataset",
                     "filepath": str(data / "scored.parquet"),
                 },
+                # opt in to logging the policy as an MLflow model (off in conf/base)
+                "round_1.policy": {
+                    "type": "taoflow.datasets.MlflowPolicyDataset",
+                    "path": "data/06_models/round_1/policy",
+                    "artifact_path": "round_1-policy",
+                    "log_model": True,
+                },
             }
         )
     )

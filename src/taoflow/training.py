@@ -905,11 +905,15 @@ def train_policy(
     data_hashes: dict[str, str],
     reward_fn: Callable[..., list[float]] | None = None,
     callbacks: Sequence[Any] = (),
+    metrics_prefix: str | None = None,
 ) -> tuple[Policy, dict[str, float]]:
     """Train ``policy`` (in place) on ``examples``; resume a matching interrupted run.
 
     Returns the trained policy — plain full weights in ``model`` (LoRA merged), the PEFT model in
     ``adapter`` when LoRA is on — and a flat dict of run numbers for the stage's metrics.
+    ``metrics_prefix`` names the per-step MLflow histories (default ``train.round_<k>``); a
+    baseline trained in the same run as the rounds (``sft_oracle``) passes its own so the
+    histories do not interleave.
     """
     from transformers import set_seed
 
@@ -921,7 +925,7 @@ def train_policy(
     directory = _checkpoint_dir(settings, round_)
     run_key = {"config_hash": config_hash, **{f"data.{k}": v for k, v in data_hashes.items()}}
     last = prepare_checkpoint_dir(directory, run_key, settings.resume)
-    mlflow_cb = MlflowStepCallback(prefix=f"train.round_{round_}")
+    mlflow_cb = MlflowStepCallback(prefix=metrics_prefix or f"train.round_{round_}")
     policy.model.train()
     trainer = _build_trainer(
         policy,

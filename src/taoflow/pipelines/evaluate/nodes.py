@@ -395,6 +395,149 @@ def score_label_free_outputs(
     return pd.concat(frames, ignore_index=True)
 
 
+# --------------------------------------------------------------------------- best-of-N
+
+
+BEST_OF_N_COLUMNS = [
+    "model",
+    "benchmark",
+    "item_id",
+    "prompt",
+    "reference",
+    "source_model",
+    "sample",
+    "completion",
+    "n_tokens",
+    "finish_reason",
+    "reward",
+    "answer",
+    "n_samples",
+    "n_top",
+]
+
+
+def best_of_n_settings(params: dict[str, Any], models: list[str]) -> dict[str, str] | None:
+    """``evaluate.best_of_n`` validated against the evaluated models; None when disabled.
+
+    best-of-N is a derived model: no weights and no generation of its own, only a choice among
+    the ``from`` model's k sampled completions, so it needs that model to be evaluated.
+    """
+    raw = params.get("best_of_n") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"evaluate.best_of_n must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {"enabled", "from", "name"})
+    if unknown:
+        raise ValueError(
+            f"evaluate.best_of_n: unknown setting(s) {unknown}; known: enabled, from, name"
+        )
+    if not raw.get("enabled", False):
+        return None
+    source = str(raw.get("from") or params.get("baseline", "base"))
+    name = str(raw.get("name") or "best_of_n")
+    if source not in models:
+        raise ValueError(
+            f"evaluate.best_of_n.from {source!r} is not an evaluated model: {list(models)}"
+        )
+    if not _MODEL_NAME.match(name) or name in models:
+        raise ValueError(
+            f"evaluate.best_of_n.name {name!r} must be letters, digits or underscores and differ "
+            f"from the evaluated models {list(models)}"
+        )
+    return {"from": source, "name": name}
+
+
+def pick_best(scored: pd.DataFrame, tol: float = 1e-12) -> pd.DataFrame:
+    """One row per (benchmark, item): the sample with the top ``reward``; ties → earliest sample.
+
+    The tie rule makes the choice independent of row order and of the scorers' internal order.
+    A missing reward ranks below every real one. Adds ``n_samples`` and ``n_top`` (samples tied
+    at the top: how often the tie rule decided).
+    """
+    missing = [c for c in ("benchmark", "item_id", "sample", "reward") if c not in scored.columns]
+    if missing:
+        raise ValueError(f"best-of-N: scored samples lack column(s) {missing}")
+    frame = scored.assign(
+        _reward=pd.to_numeric(scored["reward"], errors="coerce").fillna(-np.inf)
+    ).sort_values(["benchmark", "item_id", "sample"], kind="stable")
+    groups = frame.groupby(["benchmark", "item_id"], sort=False)["_reward"]
+    top = groups.transform("max")
+    at_top = frame["_reward"] >= top - tol
+    frame["n_samples"] = groups.transform("size")
+    frame["n_top"] = at_top.groupby([frame["benchmark"], frame["item_id"]]).transform("sum")
+    best = frame[at_top].drop_duplicates(["benchmark", "item_id"], keep="first")
+    return best.drop(columns="_reward").reset_index(drop=True)
+
+
+def select_best_of_n(
+    params: dict[str, Any], score: dict[str, Any], task: dict[str, Any], **inputs: Any
+) -> pd.DataFrame:
+    """best-of-N on every labeled benchmark from the ``from`` model's k samples (no generation).
+
+    Each item's k sampled completions are scored as one group by the score stage's scorers
+    (``taoflow.scoring.score_candidates`` with ``params:score``, exactly as the ``score`` stage
+    judges candidates) and the top-reward one becomes the prediction. The reference never
+    reaches the scorers. Label-free benchmarks are left out: their metric is that same reward, so
+    best-of-N would be graded by what chose it.
+    """
+    from taoflow.scoring import score_candidates
+
+    config = params.get("best_of_n") or {}
+    source = str(config.get("from") or params.get("baseline", "base"))
+    outputs = _load_outputs(inputs)
+    outputs = outputs[(outputs["model"] == source) & (outputs["mode"] == "sampled")]
+    frames = []
+    for spec in wired_specs(params, inputs):
+        if spec["kind"] != "labeled":
+            continue
+        rows = outputs[outputs["benchmark"] == spec["name"]].reset_index(drop=True)
+        if rows.empty:
+            raise ValueError(
+                f"best-of-N: no sampled outputs of model {source!r} on benchmark {spec['name']!r}"
+            )
+        items = benchmark_items(spec, _source(inputs, spec), task, params.get("limit"))
+        unknown = sorted(set(rows["item_id"]) - set(items["item_id"]))
+        if unknown:
+            raise ValueError(
+                f"best-of-N: outputs of {source!r} name items {unknown[:5]} absent from "
+                f"benchmark {spec['name']!r}"
+            )
+        candidates = rows.drop(columns=["reference"]).assign(
+            prompt_id=rows["item_id"],
+            candidate_id=[f"{i}#{s}" for i, s in zip(rows["item_id"], rows["sample"], strict=True)],
+            strategy="evaluate",
+            round=0,
+        )
+        prompts = items.rename(columns={"item_id": "prompt_id"})[["prompt_id", "messages"]]
+        scored, _ = score_candidates(candidates, prompts, score, task)
+        best = pick_best(scored)
+        first = rows.drop_duplicates("item_id").set_index("item_id")
+        best["prompt"] = best["item_id"].map(first["prompt"])
+        best["reference"] = best["item_id"].map(first["reference"])
+        frames.append(best.assign(source_model=source, model=config.get("name") or "best_of_n"))
+    if not frames:
+        return pd.DataFrame(columns=BEST_OF_N_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[BEST_OF_N_COLUMNS]
+
+
+def _best_of_n_scores(
+    rows: pd.DataFrame, spec: dict[str, Any], params: dict[str, Any], task: dict[str, Any]
+) -> pd.DataFrame:
+    """Per-item scores of the derived model: the selected sample graded as its one answer.
+
+    Only the single-answer metrics apply (accuracy and text metrics; the ``greedy_*`` columns hold
+    the selected completion); pass@1 / maj@k / pass@k need k answers of its own, so they are
+    left out rather than faked.
+    """
+    greedy = rows.assign(mode="greedy")
+    single = {**spec, "metrics": [m for m in spec["metrics"] if m == "accuracy"]}
+    table = _labeled_scores(greedy, single, params, task)
+    selected = rows.set_index("item_id")
+    table["selected_sample"] = table["item_id"].map(selected["sample"]).astype(int)
+    table["selected_reward"] = table["item_id"].map(selected["reward"]).astype(float)
+    table["selected_n_top"] = table["item_id"].map(selected["n_top"]).astype(int)
+    return table
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -422,17 +565,20 @@ def _labeled_scores(
     table["greedy_answer"] = [extract_answer(c, extractor) for c in table["greedy_completion"]]
     if "accuracy" in spec["metrics"]:
         result = load_metric("answer_accuracy").compute(
-            predictions=[a or "" for a in table["greedy_answer"]], references=refs
+            # pandas 3 stores a missing answer as NaN (str dtype): "" = no answer, like below.
+            predictions=[a if isinstance(a, str) else "" for a in table["greedy_answer"]],
+            references=refs,
         )
         table["accuracy"] = np.asarray(result["scores"], dtype=float)
-    groups = sampled.groupby("item_id", sort=True)["completion"].apply(list)
-    groups = groups.reindex(table["item_id"])
-    if groups.isna().any():
-        missing = groups[groups.isna()].index.tolist()[:5]
-        raise ValueError(f"benchmark {spec['name']!r}: no sampled outputs for items {missing}")
-    # "" = no answer: `evaluate` rejects an input whose values are all None.
-    answers = [[extract_answer(c, extractor) or "" for c in samples] for samples in groups]
     wanted_k = sorted({1 if m == "pass@1" else k for m in spec["metrics"] if m.startswith("pass@")})
+    if wanted_k or "maj@k" in spec["metrics"]:
+        groups = sampled.groupby("item_id", sort=True)["completion"].apply(list)
+        groups = groups.reindex(table["item_id"])
+        if groups.isna().any():
+            missing = groups[groups.isna()].index.tolist()[:5]
+            raise ValueError(f"benchmark {spec['name']!r}: no sampled outputs for items {missing}")
+        # "" = no answer: `evaluate` rejects an input whose values are all None.
+        answers = [[extract_answer(c, extractor) or "" for c in samples] for samples in groups]
     if wanted_k:
         result = load_metric("pass_at_k").compute(predictions=answers, references=refs, k=wanted_k)
         table["n_correct"] = result["n_correct"]
@@ -479,14 +625,31 @@ def per_prompt_scores(
     params: dict[str, Any],
     task: dict[str, Any],
     models: list[str],
+    *,
+    derived: dict[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """One row per (model, benchmark, item): outputs worth reading plus every metric's score."""
+    """One row per (model, benchmark, item): outputs worth reading plus every metric's score.
+
+    ``derived`` maps a derived model (best-of-N) to its selected outputs; it has rows on labeled
+    benchmarks only.
+    """
     frames = []
     present = set(outputs["benchmark"])
+    derived = derived or {}
     for spec in benchmark_specs(params):
         if spec.get("optional") and spec["name"] not in present:
             continue
         for model in models:
+            if model in derived:
+                if spec["kind"] != "labeled":
+                    continue
+                rows = derived[model]
+                rows = rows[rows["benchmark"] == spec["name"]]
+                if rows.empty:
+                    raise ValueError(f"no selected outputs for {model!r} on {spec['name']!r}")
+                table = _best_of_n_scores(rows, spec, params, task)
+                frames.append(table.assign(model=model, benchmark=spec["name"]))
+                continue
             rows = outputs[(outputs["model"] == model) & (outputs["benchmark"] == spec["name"])]
             if rows.empty:
                 raise ValueError(f"no evaluation outputs for model {model!r} on {spec['name']!r}")
@@ -513,7 +676,13 @@ def compute_eval_results(
     win rate against the baseline (per prompt: mean reward higher = 1, equal = ½).
     """
     outputs = _load_outputs(inputs)
-    per_prompt = per_prompt_scores(outputs, inputs.get("label_free_scored"), params, task, models)
+    derived = {}
+    if inputs.get("best_of_n") is not None:
+        name = str((params.get("best_of_n") or {}).get("name") or "best_of_n")
+        derived[name] = inputs["best_of_n"]
+    per_prompt = per_prompt_scores(
+        outputs, inputs.get("label_free_scored"), params, task, models, derived=derived
+    )
     baseline = params.get("baseline", "base")
     if baseline not in models:
         raise ValueError(f"evaluate.baseline {baseline!r} is not an evaluated model: {models}")
@@ -526,9 +695,17 @@ def compute_eval_results(
             continue  # an optional benchmark whose source does not exist yet
         bench = per_prompt[per_prompt["benchmark"] == spec["name"]]
         by_model = {m: bench[bench["model"] == m].set_index("item_id") for m in models}
+
+        def has(model: str, metric: str, by_model=by_model) -> bool:
+            """A derived model lacks the metrics that do not apply to it (and label-free rows)."""
+            frame = by_model[model]
+            return len(frame) > 0 and metric in frame and bool(frame[metric].notna().any())
+
         for metric in metric_columns(spec, settings["k"]):
             boot_seed = derive_seed(seed, "bootstrap", spec["name"], metric)
             for model in models:
+                if not has(model, metric):
+                    continue
                 est = bootstrap_ci(
                     by_model[model][metric].to_numpy(),
                     n_resamples=n_boot,
@@ -538,7 +715,7 @@ def compute_eval_results(
                 results.append(
                     {"model": model, "benchmark": spec["name"], "metric": metric, **est.as_dict()}
                 )
-                if model == baseline:
+                if model == baseline or not has(baseline, metric):
                     continue
                 a, b = by_model[model][metric].align(by_model[baseline][metric], join="inner")
                 comparison = paired_comparison(
@@ -559,7 +736,7 @@ def compute_eval_results(
                 )
         if spec["kind"] == "label_free" and "win_rate" in spec["metrics"]:
             for model in models:
-                if model == baseline:
+                if model == baseline or not has(model, "mean_reward"):
                     continue
                 a, b = by_model[model]["mean_reward"].align(
                     by_model[baseline]["mean_reward"], join="inner"
@@ -731,6 +908,18 @@ def build_eval_report(
         f"({params.get('n_bootstrap', 1000)} resamples over items). Paired differences are "
         "per-item (model − baseline): *better* / *worse* only when the interval excludes zero."
     )
+    best = params.get("best_of_n") or {}
+    name = str(best.get("name") or "best_of_n")
+    if best.get("enabled") and name in models:
+        source = best.get("from") or params.get("baseline", "base")
+        out += [
+            "",
+            f"`{name}` is {source}'s best of its k = {sampling_settings(params)['k']} sampled "
+            "completions per item, chosen by the score stage's label-free scorers (top reward; "
+            "ties → earliest sample), with no generation of its own: its accuracy is the chosen "
+            "answer's. pass@1, maj@k and pass@k do not apply to it (–); label-free benchmarks "
+            "leave it out, since their reward is what chose it.",
+        ]
     for benchmark, rows in results.groupby("benchmark", sort=False):
         out += ["", f"## {benchmark}", ""]
         metrics = list(dict.fromkeys(rows["metric"]))

@@ -5,7 +5,9 @@ pipelines are static): ``create_pipeline(models=...)`` names them explicitly (th
 ``tao`` pipeline passes every round's policy); stand-alone, the base model plus every
 ``round_<k>.policy`` that exists in the catalog are evaluated. A benchmark marked
 ``optional: true`` whose source dataset does not exist yet (e.g. ``prompts`` before any ingest)
-is left out instead of failing the run.
+is left out instead of failing the run. With ``evaluate.best_of_n.enabled`` a derived model
+``best_of_n`` is reported too: one selection node over the ``from`` model's sampled outputs, no
+generation node of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from taoflow.pipelines.evaluate.nodes import (
     OUTPUTS_PREFIX,
     SOURCE_PREFIX,
     benchmark_specs,
+    best_of_n_settings,
     build_eval_report,
     compute_eval_results,
     gate_policy,
@@ -27,6 +30,7 @@ from taoflow.pipelines.evaluate.nodes import (
     plot_metrics,
     plot_rewards,
     score_label_free_outputs,
+    select_best_of_n,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,9 +165,30 @@ def create_pipeline(
     result_inputs = {**common, **outputs}
     if label_free:
         result_inputs["label_free_scored"] = "eval_label_free_scored"
+    reported = list(models)
+    best_of_n = best_of_n_settings(params, reported)
+    if best_of_n is not None:
+        # A derived model: picks among the `from` model's samples, generates nothing itself.
+        source = best_of_n["from"]
+        nodes.append(
+            node(
+                select_best_of_n,
+                inputs={
+                    "params": "params:evaluate",
+                    "score": "params:score",
+                    "task": "params:task",
+                    OUTPUTS_PREFIX + source: outputs[OUTPUTS_PREFIX + source],
+                    **sources,
+                },
+                outputs="eval_best_of_n",
+                name="evaluate_select_best_of_n",
+            )
+        )
+        reported.insert(reported.index(source) + 1, best_of_n["name"])
+        result_inputs["best_of_n"] = "eval_best_of_n"
     nodes.append(
         node(
-            _bind(compute_eval_results, models=list(models)),
+            _bind(compute_eval_results, models=reported),
             inputs=result_inputs,
             outputs=["eval_results", "eval_paired", "eval_per_prompt", "evaluate_metrics"],
             name="evaluate_compute_results",

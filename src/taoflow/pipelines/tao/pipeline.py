@@ -1,5 +1,9 @@
 """tao: ingest → rounds × (generate → score → train → health) → evaluate, as one graph.
 
+Beside TAO, the same run trains the ``sft_oracle`` baseline (SFT on the gold answers: what labels
+would buy at the same budget) and evaluates ``best_of_n`` (the base model's samples picked by the
+same scorers: the test-time compute TAO distils), so one report compares all of them.
+
 Each round is the same template instantiated under its own namespace (``round_1``, …), so
 kedro-viz shows rounds as collapsible groups and every intermediate gets its own catalog entry
 through dataset factories. Round ``k`` starts from round ``k-1``'s ``next_policy``: its trained
@@ -29,6 +33,7 @@ from taoflow.pipelines.health.pipeline import create_template as health_template
 from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
 from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
 from taoflow.pipelines.score.pipeline import create_template as score_template
+from taoflow.pipelines.sft_oracle.pipeline import create_pipeline as sft_oracle_pipeline
 from taoflow.pipelines.train.pipeline import create_template as train_template
 
 BASE = "base_model"
@@ -67,6 +72,10 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     rounds = rounds_from_config(params) if rounds is None else rounds
     composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
     models, health = {"base": BASE}, {}
+    if (params.get("tao") or {}).get("sft_oracle", True):
+        # the labeled-training yardstick; evaluated beside TAO, never gated
+        composed += sft_oracle_pipeline()
+        models["sft_oracle"] = "sft_oracle.policy"
     policy = BASE
     namespaces = []
     for k in range(1, rounds + 1):

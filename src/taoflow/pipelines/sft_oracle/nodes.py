@@ -1,0 +1,296 @@
+"""Nodes of the ``sft_oracle`` baseline: supervised fine-tuning on the *gold* answers.
+
+TAO never sees a label. This baseline asks what labels would have bought at the same budget:
+the same train prompts, framed the same way, each with its gold answer as the assistant turn,
+trained by the train stage's own SFT machinery (``taoflow.training``, the ``rft`` settings of
+``params:train``). It is the one place labels touch training, and it only exists to be
+evaluated beside TAO.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import unicodedata
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from taoflow.answers import answers_match, extract_answer, normalize_answer
+from taoflow.models import Policy
+from taoflow.training import TrainSettings, frame_hash, prompt_messages, train_policy
+from taoflow.utils import as_messages, mlflow_metrics
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM = "sft_oracle"
+TRAINER_ALGORITHM = "rft"  # the SFTTrainer path of taoflow.training: prompt + completion rows
+ROUND = 1  # one round of training from the base model, like TAO's round_1
+MATCH_MODES = ("exact", "embedded")
+SETTINGS_KEYS = ("match", "completion_template", "output_dir", "trainer", "rft", "lora")
+EXAMPLE_COLUMNS = ["prompt_id", "prompt", "completion", "question", "gold_answer", "match"]
+REJECT_COLUMNS = ["prompt_id", "split", "user_message", "reason"]
+_SPACE = re.compile(r"\s+")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def sft_oracle_settings(
+    sft_oracle: dict[str, Any] | None, train: dict[str, Any] | None
+) -> TrainSettings:
+    """``params:train`` with the ``rft`` algorithm and ``params:sft_oracle``'s overrides applied.
+
+    The oracle inherits the train stage's trainer, rft (learning rate, epochs) and LoRA settings,
+    so it trains with TAO's budget unless an override says otherwise; its checkpoints go to their
+    own ``output_dir`` so they never clash with a TAO round's.
+    """
+    sft_oracle = dict(sft_oracle or {})
+    unknown = sorted(set(sft_oracle) - set(SETTINGS_KEYS))
+    if unknown:
+        raise ValueError(f"sft_oracle: unknown setting(s) {unknown}; known: {list(SETTINGS_KEYS)}")
+    merged = copy.deepcopy(dict(train or {}))
+    merged["algorithm"] = TRAINER_ALGORITHM
+    if sft_oracle.get("output_dir"):
+        merged["output_dir"] = str(sft_oracle["output_dir"])
+    for block in ("trainer", "rft", "lora"):
+        override = sft_oracle.get(block) or {}
+        if not isinstance(override, dict):
+            raise ValueError(f"sft_oracle.{block} must be a mapping, got {override!r}")
+        merged[block] = {**dict(merged.get(block) or {}), **override}
+    return TrainSettings.from_params(merged)
+
+
+# --------------------------------------------------------------------------- gold answers
+
+
+def question_key(text: Any) -> str:
+    """Join key of a question: NFKC, invisible characters removed, whitespace collapsed.
+
+    Ingest keeps the first spelling of a problem and drops later variants (full-width digits,
+    zero-width or no-break spaces), so the join must see through the same differences.
+    """
+    text = unicodedata.normalize("NFKC", str(text)).translate(_INVISIBLE)
+    return _SPACE.sub(" ", text).strip()
+
+
+def format_gold_answer(answer: Any) -> str:
+    """The gold answer as the task asks for it: a number in canonical form, other text stripped."""
+    text = str(answer).strip()
+    try:
+        number = Decimal(text.replace(",", "").replace("−", "-").rstrip("."))
+    except InvalidOperation:
+        return text
+    return str(normalize_answer(text)) if number.is_finite() else text
+
+
+def gold_table(usage_gold: pd.DataFrame, gold_path: str | None = None) -> pd.Series:
+    """``usage_gold`` rows → formatted gold answer by question key, after validating every row.
+
+    A row without a question or answer, or one question with two different answers, is an error
+    naming the file, line and field: a wrong oracle would silently mislead the comparison.
+    """
+    where = f"usage_gold ({gold_path})" if gold_path else "usage_gold"
+    if not isinstance(usage_gold, pd.DataFrame):
+        raise TypeError(f"{where} must load as a table, got {type(usage_gold).__name__}")
+    missing = [c for c in ("question", "answer") if c not in usage_gold.columns]
+    if missing:
+        raise ValueError(
+            f"{where} has no column(s) {missing}; each line needs "
+            f'{{"question", "answer"}}; columns: {list(usage_gold.columns)}'
+        )
+    rows = usage_gold.reset_index(drop=True)
+    for field in ("question", "answer"):
+        empty = rows[field].isna() | (rows[field].astype(str).str.strip() == "")
+        if empty.any():
+            lines = [int(i) + 1 for i in np.flatnonzero(empty.to_numpy())[:5]]
+            raise ValueError(f"{where}: line(s) {lines} have an empty {field!r}")
+    keys = rows["question"].map(question_key)
+    answers = rows["answer"].map(format_gold_answer)
+    table: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, (key, answer) in enumerate(zip(keys, answers, strict=True), start=1):
+        if key in table and not answers_match(table[key], answer):
+            raise ValueError(
+                f"{where}: line {line} gives 'answer' {answer!r} for the question of line "
+                f"{first_line[key]}, which says {table[key]!r}: {rows['question'].iloc[line - 1]!r}"
+            )
+        table.setdefault(key, answer)
+        first_line.setdefault(key, line)
+    return pd.Series(table, dtype=object)
+
+
+def _last_user_message(messages: list[dict[str, str]]) -> str | None:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+
+
+def _find_gold(
+    text: str, gold: pd.Series, keys_by_length: list[str], match: str
+) -> tuple[str | None, str | None, str]:
+    """(question key, answer, how) for a user message; the reason in ``how`` when none fits."""
+    key = question_key(text)
+    if key in gold.index:
+        return key, gold[key], "exact"
+    if match == "exact":
+        return None, None, "no gold answer for this question (match: exact)"
+    # A message that wraps the question ("Café question: <question>"): the longest gold
+    # question it contains, unless two different questions of that length both fit.
+    found = [k for k in keys_by_length if k in key]
+    if not found:
+        return None, None, "no gold answer: no gold question in the user message"
+    longest = [k for k in found if len(k) == len(found[0])]
+    if len(longest) > 1:
+        return None, None, f"ambiguous gold: the user message contains {len(longest)} questions"
+    return found[0], gold[found[0]], "embedded"
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def build_sft_oracle_examples(
+    prompts: pd.DataFrame,
+    usage_gold: pd.DataFrame,
+    sft_oracle: dict[str, Any],
+    task: dict[str, Any],
+    *,
+    gold_path: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
+    """Train prompts + gold answers → SFT rows (``prompt`` chat, ``completion``) and rejects.
+
+    Each train-split prompt is framed exactly as generation and training frame it
+    (``taoflow.training.prompt_messages``: the task's system prompt where the prompt has none)
+    and gets its gold answer, written per ``completion_template`` (default: the final number
+    only, as the task's system prompt asks), as the assistant turn. The gold answer is found by
+    the question text (the last user message); ``match: embedded`` also accepts a message that
+    wraps one gold question. Holdout prompts, prompts without a gold answer and answers the
+    task's extractor could not read back go to the rejects, each with its reason.
+    """
+    sft_oracle = dict(sft_oracle or {})
+    match = str(sft_oracle.get("match", "embedded"))
+    if match not in MATCH_MODES:
+        raise ValueError(f"sft_oracle.match={match!r}: choose one of {list(MATCH_MODES)}")
+    template = str(sft_oracle.get("completion_template", "{answer}"))
+    if "{answer}" not in template:
+        raise ValueError(f"sft_oracle.completion_template {template!r} must contain '{{answer}}'")
+    for column in ("prompt_id", "messages"):
+        if column not in prompts.columns:
+            raise ValueError(f"prompts: missing column {column!r}; has {list(prompts.columns)}")
+    gold = gold_table(usage_gold, gold_path)
+    keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
+    extractor = (task or {}).get("answer") or {}
+    splits = (
+        prompts["split"].astype(str)
+        if "split" in prompts.columns
+        else pd.Series("train", index=prompts.index)
+    )
+
+    rows, rejects = [], []
+    counts = {"exact": 0, "embedded": 0}
+    order = np.argsort(prompts["prompt_id"].astype(str).to_numpy(), kind="stable")
+    for i in order:
+        prompt_id = str(prompts["prompt_id"].iloc[i])
+        split = str(splits.iloc[i])
+        messages = as_messages(prompts["messages"].iloc[i])
+        user = _last_user_message(messages)
+        reason, key, answer, completion = None, None, None, None
+        if split != "train":
+            reason = f"{split} prompt (the oracle trains on the train split only)"
+        elif user is None:
+            reason = "no user message to look the gold answer up by"
+        else:
+            key, answer, how = _find_gold(user, gold, keys_by_length, match)
+            if key is None:
+                reason = how
+            else:
+                completion = template.format(answer=answer)
+                if not answers_match(extract_answer(completion, extractor), answer):
+                    reason = (
+                        f"gold answer {answer!r} written as {completion!r} is not read back by "
+                        f"the task's answer extractor {extractor or 'last_number'}"
+                    )
+        if reason is not None:
+            rejects.append(
+                {"prompt_id": prompt_id, "split": split, "user_message": user, "reason": reason}
+            )
+            continue
+        counts[how] += 1
+        rows.append(
+            {
+                "prompt_id": prompt_id,
+                "prompt": prompt_messages(messages, task),
+                "completion": completion,
+                "question": key,
+                "gold_answer": answer,
+                "match": how,
+            }
+        )
+    examples = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+    rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS)
+    n_train = int((splits == "train").sum())
+    if examples.empty:
+        reasons = rejects_df["reason"].value_counts().head(3).to_dict()
+        raise ValueError(
+            f"sft_oracle: none of the {n_train} train prompts has a usable gold answer in "
+            f"usage_gold{f' ({gold_path})' if gold_path else ''}; most common reasons: {reasons}"
+        )
+    logger.info(
+        "sft_oracle: %d examples from %d train prompts (%d embedded matches); %d rejected",
+        len(examples),
+        n_train,
+        counts["embedded"],
+        len(rejects_df),
+    )
+    values = {
+        "n_prompts": len(prompts),
+        "n_train_prompts": n_train,
+        "n_examples": len(examples),
+        "n_rejects": len(rejects_df),
+        "n_embedded_matches": counts["embedded"],
+        "gold_coverage": len(examples) / n_train if n_train else 0.0,
+        "n_gold": len(gold),
+    }
+    return examples, rejects_df, mlflow_metrics(values, prefix="sft_oracle.data", step=ROUND)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_sft_oracle(
+    sft_oracle_examples: pd.DataFrame,
+    base_model: Policy,
+    sft_oracle: dict[str, Any],
+    train: dict[str, Any],
+    seed: int,
+) -> tuple[Policy, dict[str, dict[str, float]]]:
+    """SFT ``base_model`` on the gold examples with the train stage's trainer and budget.
+
+    Reuses :func:`taoflow.training.train_policy` (TRL ``SFTTrainer``, completion-only loss,
+    LoRA, resumable checkpoints); per-step logs go to ``sft_oracle.trainer.*``. The lineage says
+    what it is (``algorithm: sft_oracle``, ``labels: gold``), so it is never mistaken for a
+    label-free policy.
+    """
+    settings = sft_oracle_settings(sft_oracle, train)
+    data_hashes = {"sft_oracle_examples": frame_hash(sft_oracle_examples)}
+    policy, values = train_policy(
+        base_model,
+        sft_oracle_examples,
+        settings,
+        seed=int(seed),
+        round_=ROUND,
+        data_hashes=data_hashes,
+        metrics_prefix=f"{ALGORITHM}.trainer",
+    )
+    base = policy.lineage.get("base_model", base_model.name)
+    policy.lineage.update(
+        {
+            "name": f"{base}-{ALGORITHM}",
+            "algorithm": ALGORITHM,
+            "trainer_algorithm": TRAINER_ALGORITHM,
+            "labels": "gold",
+        }
+    )
+    return policy, mlflow_metrics(values, prefix=ALGORITHM, step=ROUND)
