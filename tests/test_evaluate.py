@@ -142,7 +142,7 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
     holdout = results[results["benchmark"] == "holdout"]
     assert set(holdout["metric"]) == {"mean_reward", "win_rate"} and (holdout["n"] == 2).all()
     paired = pd.read_parquet(reporting / "eval_paired.parquet")
-    assert set(paired["model"]) == {"round_1"} and set(paired["baseline"]) == {"base"}
+    assert set(paired["model"]) == {"best_of_n", "round_1"} and set(paired["baseline"]) == {"base"}
     per_prompt = pd.read_parquet(reporting / "eval_per_prompt.parquet")
     assert {"greedy_completion", "greedy_answer", "accuracy", "mean_reward"} <= set(
         per_prompt.columns
