@@ -423,3 +423,37 @@ def test_mlflow_policy_dataset_is_silent_without_a_run(tiny_policy, tmp_path):
     ds = MlflowPolicyDataset(path=str(tmp_path / "p"), artifact_path="x")
     ds.save(tiny_policy)  # no active run: saves, logs nothing, raises nothing
     assert ds.load().lineage["base_model"] == "tiny-random"
+
+
+def test_grpo_node_stops_on_collapse_and_records_why(tiny_model_dir, tmp_path, mlflow_uri):
+    """The train node arms the health guard for online RL: tripped, it stops and says so."""
+    import mlflow
+
+    from taoflow.pipelines.train.nodes import build_train_examples, train
+
+    params = tiny_params(tmp_path, "grpo", trainer={"max_steps": 4, "logging_steps": 1})
+    prompts = make_prompts()
+    examples, _, _ = build_train_examples(SCORED, prompts, params, TASK)
+    trip_at_once = {  # any reward change with any entropy counts as collapse
+        "reward_rise": -1.0e9,
+        "entropy_ratio": 1.0e9,
+        "baseline_logs": 1,
+        "patience": 1,
+    }
+    score = {"scorers": [{"name": "format", "type": "format", "weight": 1.0}]}
+    with mlflow.start_run():
+        policy, metrics = train(
+            train_examples=examples,
+            scored=SCORED,
+            prompts=prompts,
+            input_policy=load_policy(str(tiny_model_dir)),
+            train=params,
+            seed=0,
+            task=TASK,
+            score=score,
+            health={"early_stopping": trip_at_once},
+        )
+    summary = policy.lineage["early_stopping"]
+    assert summary["stopped"] and summary["reason"]
+    assert summary["stopped_step"] < 4
+    assert metrics["train.early_stopped"]["value"] == 1.0

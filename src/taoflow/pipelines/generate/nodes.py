@@ -156,7 +156,7 @@ def select_train_prompts(prompts: pd.DataFrame) -> pd.DataFrame:
 
 
 def _round_of(policy: Policy) -> int:
-    return int(policy.lineage.get("round", 0)) + 1
+    return int(policy.lineage.get("round") or 0) + 1
 
 
 def generate_candidates(
@@ -176,7 +176,7 @@ def generate_candidates(
         raise ValueError(f"generate.backend: {backend!r} is not one of {BACKENDS}.")
     num_candidates = int(generate.get("num_candidates", 8))
     shard_size = int(generate.get("shard_size", 32))
-    token_budget = int(generate.get("token_budget", 32768))
+    token_budget = int(generate.get("token_budget", 16384))
     if num_candidates < 1 or shard_size < 1 or token_budget < 1:
         raise ValueError("generate: num_candidates, shard_size and token_budget must be ≥ 1.")
     strategies = parse_strategies(generate)

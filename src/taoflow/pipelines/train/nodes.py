@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.health import CollapseEarlyStopping
 from taoflow.models import Policy
 from taoflow.training import (
     TrainSettings,
@@ -75,6 +76,7 @@ def train(  # keyword-only: wired by name in pipeline.py
     seed: int,
     task: dict[str, Any],
     score: dict[str, Any],
+    health: dict[str, Any] | None = None,
 ) -> tuple[Policy, dict[str, dict[str, float]]]:
     """Train ``input_policy`` on the examples with the configured TRL trainer (resumable).
 
@@ -82,12 +84,19 @@ def train(  # keyword-only: wired by name in pipeline.py
     record its content hash in the new policy's lineage. ``score`` (the score stage's block) and
     ``task`` configure GRPO's reward, so the online path judges completions like the offline one.
     The input policy's model is trained in place (the catalog loads a fresh copy per run).
+    ``health`` (``params:health``) arms the collapse guard of online training: GRPO stops when
+    its reward rises while its entropy collapses (the signature of majority-vote hacking).
     """
     settings = TrainSettings.from_params(train)
     round_ = check_lineage(scored, input_policy.lineage)
     data_hashes = {"scored": frame_hash(scored), "train_examples": frame_hash(train_examples)}
     scorer = None
     reward_fn = None
+    callbacks = []
+    stopper = None
+    if settings.algorithm == "grpo" and (health or {}).get("early_stopping") is not None:
+        stopper = CollapseEarlyStopping.from_config(health["early_stopping"])
+        callbacks.append(stopper)
     if settings.algorithm == "grpo":
         scorer = scoring_reward_fn(score, task)
         reward_fn = make_grpo_reward(
@@ -102,8 +111,12 @@ def train(  # keyword-only: wired by name in pipeline.py
             round_=round_,
             data_hashes=data_hashes,
             reward_fn=reward_fn,
+            callbacks=callbacks,
         )
     finally:
         if scorer is not None:
             scorer.close()
+    if stopper is not None:
+        policy.lineage["early_stopping"] = stopper.summary()
+        values.update(early_stopped=int(stopper.stopped), early_stopped_step=stopper.stopped_step)
     return policy, mlflow_metrics(values, prefix="train", step=round_)

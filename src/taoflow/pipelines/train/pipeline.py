@@ -10,6 +10,7 @@ SHARED_PARAMETERS = {
     "params:seed": "params:seed",
     "params:task": "params:task",
     "params:score": "params:score",
+    "params:health": "params:health",
 }
 
 
@@ -34,6 +35,7 @@ def create_template(**kwargs) -> Pipeline:
                     "seed": "params:seed",
                     "task": "params:task",
                     "score": "params:score",
+                    "health": "params:health",
                 },
                 outputs=["policy", "train_metrics"],
                 name="train_policy",
