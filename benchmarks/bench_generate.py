@@ -169,11 +169,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--token-budget", type=int, default=32768)
+    parser.add_argument("--token-budget", type=int, default=16384)
     parser.add_argument("--shard-size", type=int, default=32)
     parser.add_argument("--pipeline-prompts", type=int, default=4)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="(a) and (c) alternate this often; best counts"
+        "--repeats", type=int, default=3, help="(a) and (c) alternate this often; best counts"
     )
     parser.add_argument("--skip", default="", help="comma list of runs to skip: b,c")
     args = parser.parse_args()

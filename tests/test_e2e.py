@@ -46,6 +46,10 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monke
     assert "version.trl" in run.data.tags
     assert any(key.startswith("generate.") for key in run.data.metrics)
     assert run.data.tags.get("taoflow.gate.decision") in {"champion", "challenger"}
+    timings = (data / "08_reporting/stage_timings.md").read_text()
+    for stage in ("ingest", "generate", "score", "train", "health", "evaluate", "sft_oracle"):
+        assert f"| {stage} |" in timings
+    assert run.data.metrics["timing.generate.seconds"] > 0
 
     # The results notebook runs against this run's catalog, found through a Kedro session.
     import shutil

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
+import os
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +152,137 @@ class PipelineConfigHook:
     @hook_impl
     def after_context_created(self, context) -> None:
         remember_config_loader(context.config_loader)
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def stage_of(node) -> str:
+    """The stage a node belongs to: the pipeline package its function lives in."""
+    module = getattr(node.func, "__module__", "") or ""
+    parts = module.split(".")
+    if len(parts) >= 3 and parts[:2] == ["taoflow", "pipelines"]:
+        return parts[2]
+    return "other"
+
+
+class StageTimingHook:
+    """Wall time and peak memory per node and per stage, logged to MLflow and written as a table.
+
+    A node's time runs from loading its first input to saving its last output: stages such as
+    ``generate`` do their work lazily while their sharded output is saved. Peak RSS is sampled
+    every 0.2 s while a node is current, so each stage reports its own peak rather than the
+    process-wide high-water mark. (Sequential runner: nodes do not overlap.)
+    """
+
+    interval = 0.2
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+        self._node = None
+        self._started = 0.0
+        self._ended: float | None = None
+        self._peak = 0
+        self._stop: threading.Event | None = None
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def _enter(self, node) -> None:
+        if self._node is node:
+            return
+        self._finish()
+        self._node, self._started, self._ended = node, time.perf_counter(), None
+        self._peak = _rss_bytes()
+
+    def _finish(self) -> None:
+        if self._node is None:
+            return
+        ended = self._ended or time.perf_counter()
+        self._rows.append(
+            {
+                "node": self._node.name,
+                "stage": stage_of(self._node),
+                "seconds": ended - self._started,
+                "peak_rss_gb": max(self._peak, _rss_bytes()) / 1e9,
+            }
+        )
+        self._node = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        self._rows, self._node = [], None
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, args=(self._stop,), daemon=True).start()
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name, node) -> None:
+        self._enter(node)
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs, is_async) -> None:
+        self._enter(node)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node) -> None:
+        if node is self._node:
+            self._ended = time.perf_counter()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._finish()
+        if self._stop is not None:
+            self._stop.set()
+
+    def stage_table(self) -> list[dict[str, Any]]:
+        stages: dict[str, dict[str, Any]] = {}
+        for row in self._rows:
+            entry = stages.setdefault(
+                row["stage"],
+                {"stage": row["stage"], "seconds": 0.0, "peak_rss_gb": 0.0, "nodes": 0},
+            )
+            entry["seconds"] += row["seconds"]
+            entry["peak_rss_gb"] = max(entry["peak_rss_gb"], row["peak_rss_gb"])
+            entry["nodes"] += 1
+        return list(stages.values())
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._finish()
+        if self._stop is not None:
+            self._stop.set()
+        stages = self.stage_table()
+        total = sum(s["seconds"] for s in stages)
+        lines = [
+            "| stage | nodes | wall time (s) | peak RSS (GB) |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {s['stage']} | {s['nodes']} | {s['seconds']:.1f} | {s['peak_rss_gb']:.2f} |"
+                for s in stages
+            ),
+            f"| **total** | {sum(s['nodes'] for s in stages)} | {total:.1f} | "
+            f"{max((s['peak_rss_gb'] for s in stages), default=0):.2f} |",
+        ]
+        table = "\n".join(lines) + "\n"
+        logger.info("Wall time and peak memory per stage:\n%s", table)
+        project_path = Path(run_params.get("project_path") or Path.cwd())
+        out = project_path / "data" / "08_reporting" / "stage_timings.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("# Wall time and peak memory per stage\n\n" + table)
+        (out.with_suffix(".json")).write_text(
+            json.dumps({"stages": stages, "nodes": self._rows}, indent=2)
+        )
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics(
+                {f"timing.{s['stage']}.seconds": s["seconds"] for s in stages}
+                | {f"timing.{s['stage']}.peak_rss_gb": s["peak_rss_gb"] for s in stages}
+                | {"timing.total.seconds": total}
+            )
+            mlflow.log_artifact(str(out), artifact_path="timing")

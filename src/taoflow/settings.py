@@ -6,9 +6,9 @@ https://docs.kedro.org/en/stable/kedro_project_setup/settings.html
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from taoflow.hooks import PipelineConfigHook, ReproducibilityHook
+from taoflow.hooks import PipelineConfigHook, ReproducibilityHook, StageTimingHook
 
-HOOKS = (PipelineConfigHook(), ReproducibilityHook())
+HOOKS = (PipelineConfigHook(), ReproducibilityHook(), StageTimingHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
