@@ -253,7 +253,7 @@ class StageTimingHook:
             entry["nodes"] += 1
         return list(stages.values())
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow closes the run
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
         self._finish()
         if self._stop is not None:
