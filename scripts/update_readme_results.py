@@ -1,0 +1,93 @@
+"""Copy a run's evaluation table and stage timings into README.md (between the results markers).
+
+    python scripts/update_readme_results.py --run-dir .    # after `kedro run` in this project
+
+The numbers are the pipeline's own outputs (`data/08_reporting/eval_results.parquet`,
+`eval_paired.parquet`, `stage_timings.md`); this script only lays them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+METRICS = ["accuracy", "pass@1", "maj@8", "pass@8"]
+
+
+def fmt(row: pd.Series | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def results_table(results: pd.DataFrame, benchmark: str) -> str:
+    bench = results[results["benchmark"] == benchmark]
+    models = list(dict.fromkeys(bench["model"]))
+    lines = [
+        "| model | greedy accuracy | sampled pass@1 | maj@8 | pass@8 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for model in models:
+        cells = []
+        for metric in METRICS:
+            match = bench[(bench["model"] == model) & (bench["metric"] == metric)]
+            cells.append(fmt(match.iloc[0] if len(match) else None))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    n = int(bench["n"].max())
+    return "\n".join(lines) + f"\n\n{n} benchmark problems; 95% bootstrap CIs over problems.\n"
+
+
+def paired_table(paired: pd.DataFrame, benchmark: str) -> str:
+    rows = paired[(paired["benchmark"] == benchmark) & paired["metric"].isin(METRICS[:3])]
+    lines = [
+        "| model vs base | metric | difference [95% CI] | wins / losses | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for _, r in rows.iterrows():
+        verdict = (
+            "better" if r["ci_low"] > 0 else "worse" if r["ci_high"] < 0 else "no clear difference"
+        )
+        wl = (
+            f"{int(r['wins'])} / {int(r['losses'])}" if "wins" in r and pd.notna(r["wins"]) else "–"
+        )
+        lines.append(
+            f"| {r['model']} | {r['metric']} | {r['diff']:+.3f} [{r['ci_low']:+.3f}, "
+            f"{r['ci_high']:+.3f}] | {wl} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=ROOT)
+    parser.add_argument("--benchmark", default="chain_sum")
+    parser.add_argument("--command", default="kedro run", help="the command that produced the run")
+    args = parser.parse_args()
+    reporting = args.run_dir / "data" / "08_reporting"
+    results = pd.read_parquet(reporting / "eval_results.parquet")
+    paired = pd.read_parquet(reporting / "eval_paired.parquet")
+    timings = (reporting / "stage_timings.md").read_text().split("\n", 2)[-1].strip()
+    block = (
+        f"{START}\n"
+        f"Produced by `{args.command}` on the default configuration (2-core CPU, no GPU), laid out "
+        f"by `python scripts/update_readme_results.py`.\n\n"
+        f"{results_table(results, args.benchmark)}\n"
+        f"Paired with the base model on the same problems:\n\n"
+        f"{paired_table(paired, args.benchmark)}\n"
+        f"Wall time and peak memory per stage of that run:\n\n{timings}\n"
+        f"{END}"
+    )
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    readme.write_text(text)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
