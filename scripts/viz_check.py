@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,22 +42,27 @@ def find_chromium() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float) -> None:
+def wait_for_server(log: Path, server: subprocess.Popen, timeout: float) -> str:
+    """The URL kedro-viz reports once it serves (it picks its own port near the one asked for)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"kedro viz did not answer at {url} within {timeout:.0f} s")
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"kedro viz exited with {server.returncode}:\n{log.read_text()[-2000:]}"
+            )
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
+        if found:
+            url = f"http://127.0.0.1:{found.group(1)}/"
+            try:
+                with urllib.request.urlopen(url + "api/main", timeout=5) as response:  # noqa: S310
+                    if response.status == 200:
+                        return url
+            except OSError:
+                pass
+        time.sleep(1)
+    raise TimeoutError(
+        f"kedro viz did not serve within {timeout:.0f} s:\n{log.read_text()[-2000:]}"
+    )
 
 
 def chromium(args: list[str], url: str, profile: str) -> str:
@@ -68,28 +73,25 @@ def chromium(args: list[str], url: str, profile: str) -> str:
 
 def check(project: Path, expect: list[str], screenshot: Path | None, timeout: float = 180) -> str:
     """Returns the rendered DOM; raises AssertionError naming the node names that are missing."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kedro", "viz", "run", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--no-browser"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = Path(tempfile.mkstemp(suffix=".log", prefix="kedro-viz-")[1])
+    cmd = [sys.executable, "-m", "kedro", "viz", "run", "--host", "127.0.0.1", "--no-browser"]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        wait_for(url + "api/main", timeout)
+        url = wait_for_server(log, server, timeout)
         with tempfile.TemporaryDirectory() as profile:
             dom = chromium(["--dump-dom"], url, profile)
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 chromium([f"--screenshot={screenshot.resolve()}"], url, profile)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        log.unlink(missing_ok=True)
     missing = [name for name in expect if name not in dom]
     assert not missing, f"kedro-viz page lacks node names {missing}"
     return dom
