@@ -41,6 +41,8 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    # A previous test's active experiment id would not exist in this fresh store.
+    mlflow.set_experiment("Default")
     yield uri
     if mlflow.active_run():
         mlflow.end_run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -28,14 +30,14 @@ def test_tiny_model_generates_with_chat_template(tiny_policy):
 
 
 def test_policy_dataset_round_trip(tiny_policy, tmp_path):
-    tiny_policy.lineage["round"] = 3
+    policy = dataclasses.replace(tiny_policy, lineage={**tiny_policy.lineage, "round": 3})
     ds = PolicyDataset(path=str(tmp_path / "policy"))
     assert not ds.exists()
-    ds.save(tiny_policy)
+    ds.save(policy)
     assert ds.exists() and (tmp_path / "policy" / "taoflow.json").is_file()
     loaded = ds.load()
     assert loaded.lineage["round"] == 3
-    for a, b in zip(tiny_policy.model.parameters(), loaded.model.parameters(), strict=True):
+    for a, b in zip(policy.model.parameters(), loaded.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

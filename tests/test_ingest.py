@@ -464,7 +464,12 @@ def test_ingest_pipeline_end_to_end(kedro_project, sync_traces):
 
     def run():
         with KedroSession.create(
-            project_path=kedro_project, runtime_params={"model": {"name_or_path": "tiny-random"}}
+            project_path=kedro_project,
+            # no sampling cap: every shipped usage line and the served trace are accounted for
+            runtime_params={
+                "model": {"name_or_path": "tiny-random"},
+                "ingest": {"max_prompts": None},
+            },
         ) as session:
             session.run(pipeline_names=["ingest"])
         return pd.read_parquet(kedro_project / "data/03_primary/prompts.parquet")
