@@ -1,12 +1,16 @@
 """Regenerate the shipped default data in ``data/01_raw/`` (deterministic: same files every run).
 
-    python scripts/make_default_data.py [--out data/01_raw] [--n-usage 400] [--n-benchmark 400]
+    python scripts/make_default_data.py [--out data/01_raw]
 
-Task: reasoning-gym ``chain_sum`` with 1-digit operands, 2 or 3 terms, drawn per shape so that
-usage and benchmark have the same mix (25 % two-term, 75 % three-term). The two-term space holds
-only ~200 problems, so it is split between the sets; the three-term space (~4,000) widens the
-benchmark beyond it. Measured on SmolLM2-135M-Instruct (greedy, 60 problems each): two-term 0.43,
-three-term 0.08, two-term with 2-digit operands 0.03.
+Task: reasoning-gym ``chain_sum`` with 1-digit operands, 2 or 3 terms. The two-term space holds
+only 200 problems, so it is split evenly between the sets (100 each, none shared); the three-term
+space (~4,000) widens the benchmark to 300. Usage: 100 two-term + 100 three-term requests;
+benchmark: 100 two-term + 200 three-term problems. Measured on SmolLM2-135M-Instruct (greedy, 60
+problems each): two-term 0.43, three-term 0.08, two-term with 2-digit operands 0.03 — and how often
+a majority vote of 8 samples is right (what label-free training learns from): two-term ~0.38,
+three-term ~0.05. More three-term usage only adds wrong pseudo-labels (measured: a 25/75 mix lost
+0.04 greedy accuracy after one RFT round; a 50/50 mix gained pass@1 +0.13), so usage is half and
+half.
 
 * ``usage.jsonl`` — unlabeled chat requests in mixed shapes (OpenAI ``messages``, plain
   ``prompt``, ``prompt`` + ``system``, a bare JSON string) plus deliberately messy rows that
@@ -28,10 +32,10 @@ import reasoning_gym
 
 TASK = "chain_sum"
 TASK_CONFIG = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
-# (shape config, share of each set): both sets get the same mix of shapes.
+# (shape config, usage problems, benchmark problems)
 SHAPES = [
-    ({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, 0.25),
-    ({"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}, 0.75),
+    ({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, 100, 100),
+    ({"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}, 100, 200),
 ]
 USAGE_SEED = 1234
 BENCHMARK_SEED = 999
@@ -164,19 +168,17 @@ def messy_rows(questions: list[str], extra: list[dict]) -> list[tuple[str, str |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/01_raw"))
-    parser.add_argument("--n-usage", type=int, default=400)
-    parser.add_argument("--n-benchmark", type=int, default=400)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     n_extra = 6
     usage, benchmark = [], []
-    for config, share in SHAPES:
-        part = unique_problems(USAGE_SEED, round(args.n_usage * share), config=config)
+    for config, n_usage, n_benchmark in SHAPES:
+        part = unique_problems(USAGE_SEED, n_usage, config=config)
         usage += part
         benchmark += unique_problems(
             BENCHMARK_SEED,
-            round(args.n_benchmark * share),
+            n_benchmark,
             exclude={p["question"] for p in part},
             config=config,
         )

@@ -63,6 +63,24 @@ CELLS = [
         "    print(name, 'collapsed' if verdict.get('collapsed') else 'healthy', "
         "verdict.get('reasons', []))"
     ),
+    new_markdown_cell(
+        "## How right the label-free rewards were (audit against `usage_gold`, never trained on)"
+    ),
+    new_code_cell(
+        "audits = {name: catalog.load(f'{name}.reward_audit') for name in rounds\n"
+        "          if catalog.exists(f'{name}.reward_audit')}\n"
+        "pd.DataFrame({\n"
+        "    name: {\n"
+        "        'prompts': len(a),\n"
+        "        'pseudo-label given': a['pseudo_label_correct'].notna().mean(),\n"
+        "        'pseudo-label right': a['pseudo_label_correct'].dropna().astype(bool).mean(),\n"
+        "        'top-reward right': a['top_reward_correct'].mean(),\n"
+        "        'some candidate right': (a['n_correct'] > 0).mean(),\n"
+        "        'reward AUC': a['reward_auc'].mean(),\n"
+        "    }\n"
+        "    for name, a in audits.items()\n"
+        "}).round(3)"
+    ),
     new_markdown_cell("## What the tuned model fixed and broke"),
     new_code_cell(
         "per_prompt = catalog.load('eval_per_prompt')\n"

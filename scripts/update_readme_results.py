@@ -62,6 +62,24 @@ def paired_table(paired: pd.DataFrame, benchmark: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def audit_table(reporting: Path) -> str:
+    """Per round: how right the label-free rewards were on the training prompts (reward_audit)."""
+    lines = [
+        "| round | prompts | majority vote gives a label | that label is right "
+        "| top-reward candidate right | some candidate right |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in sorted(reporting.glob("round_*/reward_audit.parquet")):
+        audit = pd.read_parquet(path)
+        labelled = audit[audit["pseudo_label_correct"].notna()]
+        right = labelled["pseudo_label_correct"].astype(bool).mean() if len(labelled) else 0.0
+        lines.append(
+            f"| {path.parent.name} | {len(audit)} | {len(labelled) / len(audit):.0%} | {right:.0%} "
+            f"| {audit['top_reward_correct'].mean():.0%} | {(audit['n_correct'] > 0).mean():.0%} |"
+        )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=ROOT)
@@ -79,7 +97,13 @@ def main() -> None:
         f"{results_table(results, args.benchmark)}\n"
         f"Paired with the base model on the same problems:\n\n"
         f"{paired_table(paired, args.benchmark)}\n"
-        f"Wall time and peak memory per stage of that run:\n\n{timings}\n"
+        + (
+            f"How right the label-free rewards were on the training prompts (`audit` stage: "
+            f"checked against `usage_gold` after the fact, never used to train):\n\n{audit}\n"
+            if (audit := audit_table(reporting))
+            else ""
+        )
+        + f"Wall time and peak memory per stage of that run:\n\n{timings}\n"
         f"{END}"
     )
     readme = ROOT / "README.md"

@@ -25,6 +25,8 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monke
         lineage = json.loads((data / f"06_models/round_{k}/policy/taoflow.json").read_text())
         assert lineage["round"] == k
         assert (data / f"08_reporting/round_{k}/health.json").is_file()
+        audit = pd.read_parquet(data / f"08_reporting/round_{k}/reward_audit.parquet")
+        assert set(audit["prompt_id"]) == set(scored["prompt_id"])  # shipped gold covers all
     # round 2 trained from round 1's policy (or, had round 1 collapsed, from the base)
     lineage_2 = json.loads((data / "06_models/round_2/policy/taoflow.json").read_text())
     assert lineage_2.get("parent") or lineage_2.get("base_model")
@@ -50,6 +52,7 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monke
     for stage in ("ingest", "generate", "score", "train", "health", "evaluate", "sft_oracle"):
         assert f"| {stage} |" in timings
     assert run.data.metrics["timing.generate.seconds"] > 0
+    assert 0 <= run.data.metrics["audit.round_1.pseudo_label_accuracy"] <= 1
 
     # The results notebook runs against this run's catalog, found through a Kedro session.
     import shutil

@@ -4,6 +4,10 @@ Beside TAO, the same run trains the ``sft_oracle`` baseline (SFT on the gold ans
 would buy at the same budget) and evaluates ``best_of_n`` (the base model's samples picked by the
 same scorers: the test-time compute TAO distils), so one report compares all of them.
 
+With gold answers for the usage prompts (``usage_gold``), each round's rewards are also audited
+against them (``tao.audit_rewards``): how often the label-free signal was right, never used to
+train.
+
 Each round is the same template instantiated under its own namespace (``round_1``, …), so
 kedro-viz shows rounds as collapsible groups and every intermediate gets its own catalog entry
 through dataset factories. Round ``k`` starts from round ``k-1``'s ``next_policy``: its trained
@@ -22,6 +26,8 @@ from typing import Any
 from kedro.pipeline import Pipeline, pipeline
 
 from taoflow.config import graph_parameters
+from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
+from taoflow.pipelines.audit.pipeline import create_template as audit_template
 from taoflow.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
 from taoflow.pipelines.generate.pipeline import create_template as generate_template
 from taoflow.pipelines.health.pipeline import (
@@ -60,6 +66,13 @@ def create_round(k: int, input_policy: str) -> Pipeline:
     )
 
 
+def create_audit(k: int) -> Pipeline:
+    """Round ``k``'s rewards checked against ``usage_gold`` (read-only; never feeds training)."""
+    template = audit_template()
+    inputs = {"prompts": "prompts", "usage_gold": "usage_gold"}
+    return pipeline(template, namespace=f"round_{k}", inputs=inputs, parameters=AUDIT_PARAMETERS)
+
+
 def rounds_from_config(params: dict[str, Any]) -> int:
     rounds = int((params.get("tao") or {}).get("rounds", 1))
     if rounds < 1:
@@ -72,7 +85,8 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     rounds = rounds_from_config(params) if rounds is None else rounds
     composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
     models, health = {"base": BASE}, {}
-    if (params.get("tao") or {}).get("sft_oracle", True):
+    tao = params.get("tao") or {}
+    if tao.get("sft_oracle", True):
         # the labeled-training yardstick; evaluated beside TAO, never gated
         composed += sft_oracle_pipeline()
         models["sft_oracle"] = "sft_oracle.policy"
@@ -81,6 +95,8 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     for k in range(1, rounds + 1):
         namespace = f"round_{k}"
         composed += create_round(k, policy)
+        if tao.get("audit_rewards", True):
+            composed += create_audit(k)
         policy = f"{namespace}.next_policy"
         models[namespace] = f"{namespace}.policy"
         health[namespace] = f"{namespace}.health"

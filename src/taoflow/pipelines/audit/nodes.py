@@ -1,0 +1,166 @@
+"""Nodes of the ``audit`` stage: how right were the label-free rewards, where gold answers exist.
+
+TAO trains on rewards it cannot check. When a gold file for the usage prompts exists (the shipped
+default has ``usage_gold``; a team can label a small sample of its own prompts), this stage
+measures the rewards after the fact, per round: how often the majority vote's pseudo-label is
+right, how that depends on agreement, how often the top-reward candidate — what rejection-sampling
+fine-tuning trains on — is right, and how well rewards separate right from wrong candidates.
+It only reads; nothing it computes reaches training.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from taoflow.answers import answers_match, extract_answer
+from taoflow.pipelines.sft_oracle.nodes import _find_gold, _last_user_message, gold_table
+from taoflow.utils import as_messages, mlflow_metrics
+
+logger = logging.getLogger(__name__)
+
+AUDIT_COLUMNS = [
+    "prompt_id",
+    "split",
+    "gold_answer",
+    "n_candidates",
+    "n_correct",
+    "pseudo_label",
+    "agreement",
+    "pseudo_label_correct",
+    "top_reward_answer",
+    "top_reward_correct",
+    "reward_auc",
+]
+DEFAULT_BINS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _auc(rewards: np.ndarray, correct: np.ndarray) -> float:
+    """P(reward of a right candidate > reward of a wrong one), ties half: Mann-Whitney AUC."""
+    pos, neg = rewards[correct], rewards[~correct]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def audit_rewards(
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    usage_gold: pd.DataFrame,
+    audit: dict[str, Any] | None,
+    task: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Per-prompt audit rows and round-level metrics (``audit.round_<k>.*``) against gold answers.
+
+    The pseudo-label is the majority-vote scorer's answer when that scorer ran (its
+    ``majority_vote_majority_answer`` column; tied or low-agreement groups have none), else the
+    most common extracted answer. Prompts without a gold answer are left out and counted.
+    """
+    audit = dict(audit or {})
+    bins = [float(b) for b in audit.get("agreement_bins", DEFAULT_BINS)]
+    if sorted(bins) != bins or len(bins) < 2:
+        raise ValueError(f"audit.agreement_bins must be increasing, got {bins}")
+    for column in ("prompt_id", "completion", "reward"):
+        if column not in scored.columns:
+            raise ValueError(f"scored: missing column {column!r}; has {list(scored.columns)}")
+    gold = gold_table(usage_gold)
+    keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
+    extractor = (task or {}).get("answer") or {}
+    info = prompts.set_index(prompts["prompt_id"].astype(str))
+    rounds = sorted(pd.unique(scored["round"])) if "round" in scored.columns else [1]
+    round_ = int(rounds[-1])
+
+    answers = (
+        scored["answer"]
+        if "answer" in scored.columns
+        else scored["completion"].map(lambda c: extract_answer(c, extractor))
+    )
+    frame = scored.assign(_answer=answers.to_numpy(), _order=np.arange(len(scored)))
+    rows, no_gold = [], 0
+    for prompt_id, group in frame.groupby(frame["prompt_id"].astype(str), sort=True):
+        if prompt_id not in info.index:
+            no_gold += 1
+            continue
+        user = _last_user_message(as_messages(info.loc[prompt_id, "messages"]))
+        key, answer, _ = _find_gold(user or "", gold, keys_by_length, "embedded")
+        if key is None:
+            no_gold += 1
+            continue
+        right = np.array([a is not None and answers_match(a, answer) for a in group["_answer"]])
+        if "majority_vote_majority_answer" in group.columns:
+            label = group["majority_vote_majority_answer"].dropna()
+            pseudo = label.iloc[0] if len(label) else None
+            agreement = (
+                float(group["majority_vote_agreement"].max())
+                if "majority_vote_agreement" in group.columns
+                else float("nan")
+            )
+        else:
+            counts = group["_answer"].dropna().value_counts()
+            pseudo = counts.index[0] if len(counts) else None
+            agreement = float(counts.iloc[0] / len(group)) if len(counts) else 0.0
+        top = group.sort_values(["reward", "_order"], ascending=[False, True]).iloc[0]
+        rows.append(
+            {
+                "prompt_id": prompt_id,
+                "split": str(info.loc[prompt_id].get("split", "train")),
+                "gold_answer": answer,
+                "n_candidates": len(group),
+                "n_correct": int(right.sum()),
+                "pseudo_label": None if pseudo is None else str(pseudo),
+                "agreement": agreement,
+                "pseudo_label_correct": (
+                    None if pseudo is None else bool(answers_match(str(pseudo), answer))
+                ),
+                "top_reward_answer": top["_answer"],
+                "top_reward_correct": bool(right[group.index.get_loc(top.name)]),
+                "reward_auc": _auc(group["reward"].to_numpy(dtype=float), right),
+            }
+        )
+    table = pd.DataFrame(rows, columns=AUDIT_COLUMNS)
+    if table.empty:
+        raise ValueError(
+            f"audit: none of the {frame['prompt_id'].nunique()} scored prompts has a gold "
+            "answer in usage_gold: nothing to audit (disable tao.audit_rewards)"
+        )
+    labelled = table[table["pseudo_label_correct"].notna()]
+    values: dict[str, float] = {
+        "n_prompts": len(table),
+        "n_without_gold": no_gold,
+        "candidate_accuracy": float(table["n_correct"].sum() / table["n_candidates"].sum()),
+        "any_correct": float((table["n_correct"] > 0).mean()),
+        "pseudo_label_coverage": len(labelled) / len(table),
+        "pseudo_label_accuracy": (
+            float(labelled["pseudo_label_correct"].astype(bool).mean())
+            if len(labelled)
+            else float("nan")
+        ),
+        "top_reward_accuracy": float(table["top_reward_correct"].mean()),
+        "reward_auc": float(table["reward_auc"].mean()),  # NaN-skipping: mixed groups only
+    }
+    agreement = labelled["agreement"].astype(float)
+    for i, (low, high) in enumerate(zip(bins[:-1], bins[1:], strict=True)):
+        lower_ok = agreement >= low if i == 0 else agreement > low  # (low, high], first closed
+        part = labelled[lower_ok & (agreement <= high)]
+        name = f"agreement_{low:.2f}_{high:.2f}"
+        values[f"{name}.share"] = len(part) / len(table)
+        values[f"{name}.pseudo_label_accuracy"] = (
+            float(part["pseudo_label_correct"].astype(bool).mean()) if len(part) else float("nan")
+        )
+    logger.info(
+        "audit round %d: pseudo-label right on %.0f%% of %d labelled prompts (coverage %.0f%%); "
+        "top-reward candidate right on %.0f%%; some candidate right on %.0f%%",
+        round_,
+        100 * values["pseudo_label_accuracy"],
+        len(labelled),
+        100 * values["pseudo_label_coverage"],
+        100 * values["top_reward_accuracy"],
+        100 * values["any_correct"],
+    )
+    values = {k: v for k, v in values.items() if not (isinstance(v, float) and np.isnan(v))}
+    return table, mlflow_metrics(values, prefix=f"audit.round_{round_}", step=round_)
