@@ -1,6 +1,11 @@
 """Copy a run's evaluation table and stage timings into README.md (between the results markers).
 
     python scripts/update_readme_results.py --run-dir .    # after `kedro run` in this project
+    python scripts/update_readme_results.py --run-dir /tmp/run \
+        --variant "dpo|/tmp/var_dpo|kedro run --env dpo --from-nodes round_1.build_train_examples"
+
+A variant is a copy of the main run re-run from some node with other settings: its tuned models
+(``round_k``) join the tables as ``round_k (label)``; models it did not retrain are the main run's.
 
 The numbers are the pipeline's own outputs (`data/08_reporting/eval_results.parquet`,
 `eval_paired.parquet`, `stage_timings.md`); this script only lays them out.
@@ -9,6 +14,7 @@ The numbers are the pipeline's own outputs (`data/08_reporting/eval_results.parq
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -80,21 +86,63 @@ def audit_table(reporting: Path) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+TUNED_PREFIX = "round_"
+
+
+def with_variants(
+    main: pd.DataFrame, variants: list[tuple[str, Path, str]], name: str
+) -> pd.DataFrame:
+    """The main run's rows plus every variant's tuned-model rows, relabelled ``round_k (label)``."""
+    frames = [main]
+    for label, run_dir, _ in variants:
+        frame = pd.read_parquet(run_dir / "data" / "08_reporting" / name)
+        frame = frame[frame["model"].astype(str).str.startswith(TUNED_PREFIX)].copy()
+        frame["model"] = frame["model"].astype(str) + f" ({label})"
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def variant_notes(variants: list[tuple[str, Path, str]]) -> str:
+    lines = []
+    for label, run_dir, command in variants:
+        stages = json.loads((run_dir / "data" / "08_reporting" / "stage_timings.json").read_text())
+        timing = pd.DataFrame(stages["stages"])
+        train = timing[timing["stage"] == "train"]
+        took = f"; train stage {float(train['seconds'].iloc[0]):.0f} s" if len(train) else ""
+        lines.append(f"* `({label})`: `{command}` in a copy of the run above{took}")
+    return "\n".join(lines) + "\n\n" if lines else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=ROOT)
     parser.add_argument("--benchmark", default="chain_sum")
     parser.add_argument("--command", default="kedro run", help="the command that produced the run")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="LABEL|RUN_DIR|COMMAND of a variant run (repeatable)",
+    )
     args = parser.parse_args()
+    variants = []
+    for spec in args.variant:
+        label, run_dir, command = spec.split("|", 2)
+        variants.append((label, Path(run_dir), command))
     reporting = args.run_dir / "data" / "08_reporting"
-    results = pd.read_parquet(reporting / "eval_results.parquet")
-    paired = pd.read_parquet(reporting / "eval_paired.parquet")
+    results = with_variants(
+        pd.read_parquet(reporting / "eval_results.parquet"), variants, "eval_results.parquet"
+    )
+    paired = with_variants(
+        pd.read_parquet(reporting / "eval_paired.parquet"), variants, "eval_paired.parquet"
+    )
     timings = (reporting / "stage_timings.md").read_text().split("\n", 2)[-1].strip()
     block = (
         f"{START}\n"
         f"Produced by `{args.command}` on the default configuration (2-core CPU, no GPU), laid out "
         f"by `python scripts/update_readme_results.py`.\n\n"
         f"{results_table(results, args.benchmark)}\n"
+        f"{variant_notes(variants)}"
         f"Paired with the base model on the same problems:\n\n"
         f"{paired_table(paired, args.benchmark)}\n"
         + (

@@ -21,8 +21,8 @@ def remember_config_loader(loader: Any) -> None:
     _session_loader["loader"] = loader
 
 
-def graph_parameters() -> dict[str, Any]:
-    """The project's resolved parameters, for decisions taken while building pipelines."""
+def _loader():
+    """The running session's config loader, else a fresh one for the current environment."""
     loader = _session_loader.get("loader")
     if loader is None:
         from kedro.framework.project import settings
@@ -35,31 +35,22 @@ def graph_parameters() -> dict[str, Any]:
             env=os.environ.get("KEDRO_ENV"),
             **settings.CONFIG_LOADER_ARGS,
         )
-    try:
-        return dict(loader["parameters"])
-    except Exception:  # noqa: BLE001 - e.g. no conf folder: fall back to defaults
-        return {}
+    return loader
+
+
+def graph_parameters() -> dict[str, Any]:
+    """The project's resolved parameters, for decisions taken while building pipelines."""
+    return graph_config("parameters")
 
 
 def graph_config(section: str) -> dict[str, Any]:
     """Any resolved config section (``catalog``, ``credentials``…) for graph-time decisions.
 
     Same loader as :func:`graph_parameters` (the running session's, else a fresh one); ``{}``
-    when the section is missing. Used to ask whether a catalog dataset exists before wiring it.
+    when the section is missing (e.g. no conf folder, no credentials file). Used to ask whether
+    a catalog dataset exists before wiring it.
     """
-    loader = _session_loader.get("loader")
-    if loader is None:
-        from kedro.framework.project import settings
-
-        conf_source = Path(settings.CONF_SOURCE)
-        if not conf_source.is_absolute():
-            conf_source = Path.cwd() / conf_source
-        loader = settings.CONFIG_LOADER_CLASS(
-            conf_source=str(conf_source),
-            env=os.environ.get("KEDRO_ENV"),
-            **settings.CONFIG_LOADER_ARGS,
-        )
     try:
-        return dict(loader[section])
-    except Exception:  # noqa: BLE001 - e.g. no credentials file: nothing configured
+        return dict(_loader()[section])
+    except Exception:  # noqa: BLE001 - a missing section means nothing configured
         return {}
