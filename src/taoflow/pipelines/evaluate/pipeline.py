@@ -101,13 +101,19 @@ def discover_models(catalog: _GraphCatalog) -> dict[str, str]:
 
 
 def create_pipeline(
-    models: dict[str, str] | None = None, health: dict[str, str] | None = None, **kwargs: Any
+    models: dict[str, str] | None = None,
+    health: dict[str, str] | None = None,
+    produced: set[str] | frozenset[str] = frozenset(),
+    **kwargs: Any,
 ) -> Pipeline:
     """Build ``evaluate`` for ``models`` (display name → policy dataset; default: discovered).
 
     The last non-baseline model is the one the registry gate registers (``evaluate.gate.model``
     overrides); with only the baseline there is no gate node. ``health`` (round name → health
     dataset, e.g. ``{"round_1": "round_1.health"}``) feeds the gate's collapse guard.
+    ``produced`` names datasets the composed pipeline itself writes (``prompts`` under ``tao``):
+    an optional benchmark reading one is always wired, so a project's first run evaluates the
+    same benchmarks as its later runs.
     """
     from taoflow.config import graph_parameters
 
@@ -121,7 +127,7 @@ def create_pipeline(
     sources: dict[str, str] = {}
     for spec in benchmark_specs(params):
         source = spec["source"]
-        if spec.get("optional") and not catalog.exists(source):
+        if spec.get("optional") and source not in produced and not catalog.exists(source):
             logger.info(
                 "evaluate: skipping benchmark %r (%s does not exist yet)", spec["name"], source
             )

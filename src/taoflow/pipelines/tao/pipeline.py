@@ -102,4 +102,6 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         health[namespace] = f"{namespace}.health"
         namespaces.append(namespace)
     composed += create_report_pipeline(namespaces)
-    return composed + evaluate_pipeline(models=models, health=health)
+    return composed + evaluate_pipeline(
+        models=models, health=health, produced=composed.all_outputs()
+    )
