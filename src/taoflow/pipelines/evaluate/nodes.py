@@ -718,6 +718,7 @@ def compute_eval_results(
                 if model == baseline or not has(baseline, metric):
                     continue
                 a, b = by_model[model][metric].align(by_model[baseline][metric], join="inner")
+                a, b = a.sort_index(), b.sort_index()  # the registry gate resamples in this order
                 comparison = paired_comparison(
                     a.to_numpy(),
                     b.to_numpy(),
@@ -867,7 +868,8 @@ def gate_policy(
         min_ci_low=float(gate.get("min_ci_low", 0.0)),
         n_resamples=int(params.get("n_bootstrap", 1000)),
         confidence=float(params.get("confidence", 0.95)),
-        seed=derive_seed(seed, "gate", benchmark, metric),
+        # the report's bootstrap seed (and sorted item order): the gate quotes the report's CI
+        seed=derive_seed(seed, "bootstrap", benchmark, metric),
         extra_tags={"taoflow.evaluated_as": model_name},
         health=health or None,
     )
