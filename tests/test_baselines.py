@@ -355,9 +355,13 @@ def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_p
     ]
     report = (reporting / "eval_report.md").read_text()
     assert "| best_of_n | " in report and "best_of_n vs base" in report
-    # no generation of its own: the choice is among base's sampled outputs
+    # no generation of its own (no folder of outputs): the choice is among base's samples
     outputs = kedro_project / "data/07_model_output/evaluate"
-    assert sorted(p.name for p in outputs.iterdir()) == ["base", "label_free_scored.parquet"]
+    assert sorted(p.name for p in outputs.iterdir()) == [
+        "base",
+        "best_of_n.parquet",
+        "label_free_scored.parquet",
+    ]
     base = pd.concat(pd.read_parquet(p) for p in sorted((outputs / "base").glob("*.parquet")))
     sampled = base[(base["benchmark"] == "chain_sum") & (base["mode"] == "sampled")]
     per_prompt = pd.read_parquet(reporting / "eval_per_prompt.parquet")
