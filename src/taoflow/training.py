@@ -154,7 +154,7 @@ class LoraSettings:
 class TrainSettings:
     """The whole ``params:train`` block, validated before any compute."""
 
-    algorithm: str = "rft"
+    algorithm: str = "dpo"
     output_dir: str = "data/06_models/checkpoints"
     resume: bool = True
     keep_checkpoints: bool = False
