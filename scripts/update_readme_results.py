@@ -1,8 +1,8 @@
-"""Copy a run's evaluation table and stage timings into README.md (between the results markers).
+r"""Copy a run's evaluation table and stage timings into README.md (between the results markers).
 
     python scripts/update_readme_results.py --run-dir .    # after `kedro run` in this project
     python scripts/update_readme_results.py --run-dir /tmp/run \
-        --variant "dpo|/tmp/var_dpo|kedro run --env dpo --from-nodes round_1.build_train_examples"
+        --variant 'kto|/tmp/var_kto|`kedro run --env kto --from-nodes round_1.build_train_examples`'
 
 A variant is a copy of the main run re-run from some node with other settings: its tuned models
 (``round_k``) join the tables as ``round_k (label)``; models it did not retrain are the main run's.
@@ -64,7 +64,10 @@ def label_free_table(results: pd.DataFrame, benchmark: str) -> str:
     n = int(bench["n"].max())
     return (
         f"On the {n} `{benchmark}` prompts, scored by the same label-free scorers (the quantity "
-        f"TAO optimises — compare with the labeled gain above):\n\n" + "\n".join(lines) + "\n\n"
+        f"TAO optimises — compare with the labeled gain above; each run scores its models' samples "
+        f"of a prompt as one pool, so a variant's row compares with its own run's base):\n\n"
+        + "\n".join(lines)
+        + "\n\n"
     )
 
 
@@ -129,7 +132,7 @@ def variant_notes(variants: list[tuple[str, Path, str]]) -> str:
         timing = pd.DataFrame(stages["stages"])
         train = timing[timing["stage"] == "train"]
         took = f"; train stage {float(train['seconds'].iloc[0]):.0f} s" if len(train) else ""
-        lines.append(f"* `({label})`: `{command}` in a copy of the run above{took}")
+        lines.append(f"* `({label})`: {command}{took}")
     return "\n".join(lines) + "\n\n" if lines else ""
 
 
@@ -143,7 +146,7 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="LABEL|RUN_DIR|COMMAND of a variant run (repeatable)",
+        help="LABEL|RUN_DIR|HOW (Markdown: the command and where it ran) of a variant (repeatable)",
     )
     args = parser.parse_args()
     variants = []
