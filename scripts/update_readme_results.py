@@ -6,6 +6,7 @@ r"""Copy a run's evaluation table and stage timings into README.md (between the 
 
 A variant is a copy of the main run re-run from some node with other settings: its tuned models
 (``round_k``) join the tables as ``round_k (label)``; models it did not retrain are the main run's.
+``LABEL@round_2`` keeps only that model of the variant.
 
 The numbers are the pipeline's own outputs (`data/08_reporting/eval_results.parquet`,
 `eval_paired.parquet`, `stage_timings.md`); this script only lays them out.
@@ -117,9 +118,12 @@ def with_variants(
 ) -> pd.DataFrame:
     """The main run's rows plus every variant's tuned-model rows, relabelled ``round_k (label)``."""
     frames = [main]
-    for label, run_dir, _ in variants:
+    for spec, run_dir, _ in variants:
+        label, _, only = spec.partition("@")  # "label@round_2": that model only
         frame = pd.read_parquet(run_dir / "data" / "08_reporting" / name)
-        frame = frame[frame["model"].astype(str).str.startswith(TUNED_PREFIX)].copy()
+        models = frame["model"].astype(str)
+        keep = models == only if only else models.str.startswith(TUNED_PREFIX)
+        frame = frame[keep].copy()
         frame["model"] = frame["model"].astype(str) + f" ({label})"
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -127,7 +131,8 @@ def with_variants(
 
 def variant_notes(variants: list[tuple[str, Path, str]]) -> str:
     lines = []
-    for label, run_dir, command in variants:
+    for spec, run_dir, command in variants:
+        label = spec.partition("@")[0]
         stages = json.loads((run_dir / "data" / "08_reporting" / "stage_timings.json").read_text())
         timing = pd.DataFrame(stages["stages"])
         train = timing[timing["stage"] == "train"]

@@ -224,7 +224,10 @@ def register_and_gate(
         verdict = {
             **verdict,
             "promoted": False,
-            "reason": f"refused by the health guard: {why}; {verdict['reason']}",
+            "reason": (
+                f"refused by the health guard: {why}; on the metric alone — "
+                + verdict["reason"].replace(": promoted", ": would have been promoted")
+            ),
         }
     value = sum(candidate_scores.values()) / max(len(candidate_scores), 1)
     mlflow.log_dict(
