@@ -58,7 +58,7 @@ def _scorer_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(entry, name=name) for entry, name in zip(entries, names, strict=True)]
 
 
-def _last_user_message(messages: list[dict[str, str]]) -> str:
+def last_user_message(messages: list[dict[str, str]]) -> str:
     for message in reversed(messages):
         if message["role"] == "user":
             return message["content"]
@@ -102,7 +102,7 @@ def prepare_frame(candidates: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFra
     frame = frame.iloc[np.argsort(group_order, kind="stable")].reset_index(drop=True)
     messages = {pid: as_messages(value) for pid, value in known.items()}
     frame["messages"] = [messages[pid] for pid in frame["prompt_id"]]
-    frame["prompt"] = [_last_user_message(m) for m in frame["messages"]]
+    frame["prompt"] = [last_user_message(m) for m in frame["messages"]]
     frame["completion"] = frame["completion"].astype(str)
     return frame
 

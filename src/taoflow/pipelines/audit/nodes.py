@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from taoflow.answers import answers_match, extract_answer
-from taoflow.pipelines.sft_oracle.nodes import _find_gold, _last_user_message, gold_table
+from taoflow.pipelines.sft_oracle.nodes import find_gold, gold_table
+from taoflow.scoring.combine import last_user_message
 from taoflow.utils import as_messages, mlflow_metrics
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,8 @@ def audit_rewards(
         if prompt_id not in info.index:
             no_gold += 1
             continue
-        user = _last_user_message(as_messages(info.loc[prompt_id, "messages"]))
-        key, answer, _ = _find_gold(user or "", gold, keys_by_length, "embedded")
+        user = last_user_message(as_messages(info.loc[prompt_id, "messages"]))
+        key, answer, _ = find_gold(user, gold, keys_by_length, "embedded")
         if key is None:
             no_gold += 1
             continue

@@ -128,7 +128,7 @@ def _last_user_message(messages: list[dict[str, str]]) -> str | None:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
 
 
-def _find_gold(
+def find_gold(
     text: str, gold: pd.Series, keys_by_length: list[str], match: str
 ) -> tuple[str | None, str | None, str]:
     """(question key, answer, how) for a user message; the reason in ``how`` when none fits."""
@@ -202,7 +202,7 @@ def build_sft_oracle_examples(
         elif user is None:
             reason = "no user message to look the gold answer up by"
         else:
-            key, answer, how = _find_gold(user, gold, keys_by_length, match)
+            key, answer, how = find_gold(user, gold, keys_by_length, match)
             if key is None:
                 reason = how
             else:
