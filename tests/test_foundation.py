@@ -122,3 +122,12 @@ def test_prepare_base_runs_through_kedro_session_and_mlflow(kedro_project):
     artifacts = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="config")
     assert any(a.path.endswith("resolved_config.yml") for a in artifacts)
     assert load_policy(str(kedro_project / "data/06_models/base")).lineage["name"] == "tiny-random"
+
+
+def test_normalize_answer_handles_numbers_beyond_decimal_precision():
+    """A model can ramble a 40-digit number: compared exactly, never raising."""
+    long_a, long_b = "1" * 40, "1" * 39 + "2"
+    assert normalize_answer(long_a) == long_a
+    assert not answers_match(long_a, long_b)
+    assert normalize_answer("1E+3") == "1000" == normalize_answer("1,000.0")
+    assert normalize_answer("1e999999") == "1e+999999"

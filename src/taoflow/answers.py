@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 _NUMBER = re.compile(r"(?<![\w.])[-−]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])[-−]?\d+(?:\.\d+)?")
@@ -86,10 +86,13 @@ def normalize_answer(answer: str | None) -> str | None:
         return " ".join(text.lower().split()).rstrip(".") or None
     if not number.is_finite():
         return candidate.lower()
-    normalized = number.normalize()
-    if normalized == normalized.to_integral_value():
-        return str(normalized.quantize(Decimal(1)))
-    return format(normalized, "f")
+    # Enough precision for every digit (a model may ramble 40 of them) and "f" notation
+    # (1E+3 → "1000"): nothing rounded, nothing raised.
+    if abs(number.adjusted()) > 1000:  # "1e999999": not spelled out as a million digits
+        return str(number.normalize()).lower()
+    with localcontext() as context:
+        context.prec = max(context.prec, len(number.as_tuple().digits))
+        return format(number.normalize(), "f")
 
 
 def answers_match(predicted: str | None, reference: str | None) -> bool:
