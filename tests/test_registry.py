@@ -90,3 +90,12 @@ def test_decide_against_champion_pairs_on_shared_items():
     assert not other["promoted"] and "re-evaluate the champion" in other["reason"]
     with pytest.raises(ValueError, match="share no evaluated items"):
         decide({"zz": 1.0}, _scores(0), None, fingerprint="fp", metric="m")
+
+
+def test_decide_refused_by_health_keeps_challenger_and_says_both_why():
+    verdict = decide(
+        _scores(40), _scores(0), None, fingerprint="fp", metric="m", refused="consensus collapse"
+    )
+    assert verdict["promoted"] is False and verdict["ci_low"] > 0
+    assert verdict["reason"].startswith("refused by the health guard: consensus collapse; ")
+    assert "CI lower bound above 0, but kept as challenger" in verdict["reason"]

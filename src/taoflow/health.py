@@ -34,7 +34,7 @@ import pandas as pd
 from transformers import TrainerCallback
 
 from taoflow.answers import extract_answer, normalize_answer, numbers_in
-from taoflow.utils import as_messages, derive_seed
+from taoflow.utils import as_messages, derive_seed, row_messages
 
 # Thresholds used when a key is missing from ``params:health.thresholds``. Justified against the
 # measured collapse in conf/base/parameters_health.yml; ``None`` disables a rule.
@@ -106,13 +106,7 @@ def prompt_texts(prompts: pd.DataFrame | None) -> dict[str, str]:
     for row, (prompt_id, messages) in enumerate(
         zip(prompts["prompt_id"], prompts["messages"], strict=True)
     ):
-        try:
-            turns = as_messages(messages)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(
-                f"health: prompts row {row} (prompt_id={prompt_id!r}) field 'messages' is not a "
-                f"list of {{role, content}}: {error}"
-            ) from error
+        turns = row_messages(messages, row, prompt_id, where="health: prompts")
         texts[str(prompt_id)] = "\n".join(m["content"] for m in turns if m["role"] == "user")
     return texts
 

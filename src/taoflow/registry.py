@@ -106,11 +106,13 @@ def decide(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    refused: str = "",
 ) -> dict[str, Any]:
     """Champion or challenger, from per-item gate scores (pure: no MLflow calls).
 
     Compares ``candidate`` with the champion's stored scores when there is a champion, else with
-    ``baseline`` (the base model in this run), on the items both have.
+    ``baseline`` (the base model in this run), on the items both have. ``refused`` (why the health
+    guard blocks this policy) keeps it challenger whatever the comparison says.
     """
     if champion is None:
         reference, against = baseline, "base"
@@ -123,6 +125,7 @@ def decide(
                 f"the current champion v{champion.version} was evaluated on {why} "
                 f"(fingerprint {champion.fingerprint} vs {fingerprint}), so no paired comparison "
                 "is possible; re-evaluate the champion with this configuration to promote"
+                + (f" (also refused by the health guard: {refused})" if refused else "")
             ),
             "reference_value": None,
             "diff": None,
@@ -138,13 +141,18 @@ def decide(
     a = [candidate[i] for i in items]
     b = [reference[i] for i in items]
     paired = paired_comparison(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
-    promoted = paired.ci_low > min_ci_low
+    earned = paired.ci_low > min_ci_low
+    promoted = earned and not refused
     interval = f"{paired.diff:+.4f} [{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]"
     reason = f"{metric} vs {against}: paired difference {interval} over {paired.n} items; " + (
         f"CI lower bound above {min_ci_low:g}: promoted"
         if promoted
+        else f"CI lower bound above {min_ci_low:g}, but kept as challenger"
+        if earned
         else f"CI lower bound not above {min_ci_low:g}: kept as challenger"
     )
+    if refused:
+        reason = f"refused by the health guard: {refused}; {reason}"
     return {
         "promoted": promoted,
         "compared_with": against,
@@ -208,6 +216,7 @@ def register_and_gate(
         )
     client = MlflowClient()  # the active run's tracking/registry URIs
     champion = current_champion(client, name)
+    blocked, why = promotion_blocked(health) if health is not None else (False, "")
     verdict = decide(
         candidate_scores,
         baseline_scores,
@@ -218,17 +227,8 @@ def register_and_gate(
         n_resamples=n_resamples,
         confidence=confidence,
         seed=seed,
+        refused=why if blocked else "",
     )
-    blocked, why = promotion_blocked(health) if health is not None else (False, "")
-    if blocked:
-        verdict = {
-            **verdict,
-            "promoted": False,
-            "reason": (
-                f"refused by the health guard: {why}; on the metric alone — "
-                + verdict["reason"].replace(": promoted", ": would have been promoted")
-            ),
-        }
     value = sum(candidate_scores.values()) / max(len(candidate_scores), 1)
     mlflow.log_dict(
         {"metric": metric, "fingerprint": fingerprint, "scores": candidate_scores},

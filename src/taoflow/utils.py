@@ -63,3 +63,16 @@ def as_messages(value: Any) -> list[dict[str, str]]:
     if isinstance(value, str):
         value = json.loads(value)
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in list(value)]
+
+
+def row_messages(
+    value: Any, row: int, prompt_id: Any, where: str = "prompts"
+) -> list[dict[str, str]]:
+    """:func:`as_messages` for one row of ``prompts``; a malformed value names the row and field."""
+    try:
+        return as_messages(value)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{where} row {row} (prompt_id={prompt_id!r}): field 'messages' is not a list of "
+            f"{{role, content}}: {error!r}"
+        ) from error

@@ -24,7 +24,7 @@ from taoflow.generation import (
     policy_fingerprint,
 )
 from taoflow.models import Policy
-from taoflow.utils import as_messages, derive_seed, mlflow_metrics, stable_hash
+from taoflow.utils import derive_seed, mlflow_metrics, row_messages, stable_hash
 
 CANDIDATE_COLUMNS = [
     "prompt_id",
@@ -140,13 +140,7 @@ def select_train_prompts(prompts: pd.DataFrame) -> pd.DataFrame:
     for row, (prompt_id, messages) in enumerate(
         zip(train["prompt_id"], train["messages"], strict=True)
     ):
-        try:
-            parsed = as_messages(messages)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"prompts row {row} (prompt_id={prompt_id}): field 'messages' is not a list of "
-                f"{{role, content}}: {err!r}"
-            ) from err
+        parsed = row_messages(messages, row, prompt_id)
         if not any(m["role"] == "user" for m in parsed):
             raise ValueError(
                 f"prompts row {row} (prompt_id={prompt_id}): field 'messages' has no user turn."
