@@ -35,9 +35,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from taoflow.core.ids import stable_hash  # noqa: E402
 from taoflow.models import load_policy  # noqa: E402
 from taoflow.pipelines.generate.nodes import collect_candidates, generate_candidates  # noqa: E402
-from taoflow.utils import stable_hash  # noqa: E402
 
 SYSTEM = "Answer with the final number only."
 

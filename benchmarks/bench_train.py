@@ -55,8 +55,8 @@ def _truth(messages) -> int | None:
 
 def build_scored(prompts: pd.DataFrame, group_size: int, seed: int = 7) -> pd.DataFrame:
     """Candidates in the generate contract with realistic shapes, scored by the default scorers."""
+    from taoflow.core.text import as_messages
     from taoflow.scoring import CandidateScorer
-    from taoflow.utils import as_messages
 
     rng = random.Random(seed)
     rows = []
@@ -103,11 +103,11 @@ def build_scored(prompts: pd.DataFrame, group_size: int, seed: int = 7) -> pd.Da
 
 def child(args: argparse.Namespace) -> None:
     """One configuration in a fresh process: train, print a JSON line."""
+    from taoflow.core.ids import frame_hash
     from taoflow.models import load_policy
     from taoflow.training import (
         TrainSettings,
         build_examples,
-        frame_hash,
         make_grpo_reward,
         peak_rss_mb,
         scoring_reward_fn,

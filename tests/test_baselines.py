@@ -9,18 +9,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from taoflow.core.gold import format_gold_answer
+from taoflow.core.ids import stable_hash
 from taoflow.pipelines.evaluate.nodes import (
     best_of_n_settings,
     compute_eval_results,
     pick_best,
     select_best_of_n,
 )
-from taoflow.pipelines.sft_oracle.nodes import (
-    build_sft_oracle_examples,
-    format_gold_answer,
-    sft_oracle_settings,
-)
-from taoflow.utils import stable_hash
+from taoflow.pipelines.sft_oracle.nodes import build_sft_oracle_examples, sft_oracle_settings
 
 TASK = {"system_prompt": "Answer with the final number only.", "answer": {"kind": "last_number"}}
 Q = "State the final answer to the following arithmetic problem: {} ="

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from taoflow.core.stats import bootstrap_ci, mcnemar_exact, paired_comparison, win_scores
 from taoflow.pipelines.evaluate.nodes import benchmark_items, benchmark_specs
-from taoflow.stats import bootstrap_ci, mcnemar_exact, paired_comparison, win_scores
 
 LABELED = {
     "name": "bench",
@@ -72,7 +72,7 @@ def test_benchmark_items_frame_prompts_like_the_task_and_respect_limit():
 
 
 def _holdout_prompts() -> pd.DataFrame:
-    from taoflow.utils import stable_hash
+    from taoflow.core.ids import stable_hash
 
     rows = []
     for i, (question, split) in enumerate(

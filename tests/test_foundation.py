@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from taoflow.answers import answers_match, extract_answer, normalize_answer
+from taoflow.core.answers import answers_match, extract_answer, normalize_answer
+from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.datasets import PolicyDataset, ResumablePartitionedDataset
 from taoflow.models import load_policy, resolve_model_path
-from taoflow.utils import derive_seed, mlflow_metrics, stable_hash
 
 
 def test_tiny_model_generates_with_chat_template(tiny_policy):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from taoflow.core.ids import stable_hash
 from taoflow.datasets import ResumablePartitionedDataset
 from taoflow.generation import (
     frame_conversation,
@@ -24,7 +25,6 @@ from taoflow.pipelines.generate.nodes import (
     collect_candidates,
     generate_candidates,
 )
-from taoflow.utils import stable_hash
 
 CONVERSATIONS = [
     [{"role": "user", "content": f"What is {a} + {b}?"}] for a, b in [(1, 2), (3, 4), (5, 6)]

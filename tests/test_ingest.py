@@ -11,7 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kedro.io import DatasetError
 
-from taoflow.pipelines.ingest.datasets import (
+from taoflow.core.ids import stable_hash
+from taoflow.core.pii import redact_pii
+from taoflow.core.text import as_messages, dedup_key, normalize_text
+from taoflow.datasets.usage_files import (
     AppendPartitionsDataset,
     JSONStateDataset,
     RawSource,
@@ -24,8 +27,6 @@ from taoflow.pipelines.ingest.nodes import (
     parse_file_source,
     parse_sources,
 )
-from taoflow.pipelines.ingest.text import dedup_key, normalize_text, redact_pii
-from taoflow.utils import as_messages, stable_hash
 
 SYSTEM = "Answer with the final number only."
 Q = "State the final answer to the following arithmetic problem: {} ="

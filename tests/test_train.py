@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from taoflow.core.ids import frame_hash
 from taoflow.datasets import MlflowPolicyDataset, PolicyDataset
 from taoflow.models import load_policy
 from taoflow.training import (
@@ -23,7 +24,6 @@ from taoflow.training import (
     build_rft_examples,
     check_lineage,
     check_lora_targets,
-    frame_hash,
     make_grpo_reward,
     train_policy,
 )

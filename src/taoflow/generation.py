@@ -39,8 +39,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from taoflow.core.ids import derive_seed, stable_hash
 from taoflow.models import Policy
-from taoflow.utils import derive_seed, stable_hash
 
 BACKENDS = ("transformers", "vllm")
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
-from taoflow.answers import extract_answer, normalize_answer, numbers_in
-from taoflow.utils import as_messages, derive_seed, row_messages
+from taoflow.core.answers import extract_answer, normalize_answer, numbers_in
+from taoflow.core.ids import derive_seed
+from taoflow.core.text import as_messages, row_messages
 
 # Thresholds used when a key is missing from ``params:health.thresholds``. Justified against the
 # measured collapse in conf/base/parameters_health.yml; ``None`` disables a rule.

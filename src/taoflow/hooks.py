@@ -24,8 +24,7 @@ import mlflow
 import yaml
 from kedro.framework.hooks import hook_impl
 
-from taoflow.config import remember_config_loader
-from taoflow.utils import seed_everything
+from taoflow.core.ids import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +106,15 @@ class ReproducibilityHook:
     def after_context_created(self, context) -> None:
         self._context = context
 
+    def _raw_parameters(self) -> dict[str, Any]:
+        """The resolved parameters as plain YAML values (``context.params`` holds typed models)."""
+        if self._context is None:
+            return {}
+        return dict(self._context.config_loader["parameters"])
+
     @hook_impl(trylast=True)  # after kedro-mlflow has started the run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        params = self._context.params if self._context is not None else {}
+        params = self._raw_parameters()
         if "seed" in params:
             seed_everything(int(params["seed"]))
         if mlflow.active_run() is None:
@@ -144,14 +149,6 @@ class ReproducibilityHook:
             out = Path(tmp) / "resolved_config.yml"
             out.write_text(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False))
             mlflow.log_artifact(str(out), artifact_path="config")
-
-
-class PipelineConfigHook:
-    """Hands the session's config loader to the pipeline registry (graph-shaping settings)."""
-
-    @hook_impl
-    def after_context_created(self, context) -> None:
-        remember_config_loader(context.config_loader)
 
 
 def _rss_bytes() -> int:

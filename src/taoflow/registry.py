@@ -28,9 +28,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from taoflow.core.stats import paired_comparison
 from taoflow.health import promotion_blocked
 from taoflow.models import Policy
-from taoflow.stats import paired_comparison
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taoflow.answers import answers_match, extract_answer
-from taoflow.pipelines.ingest.text import normalize_text
+from taoflow.core.answers import answers_match, extract_answer
+from taoflow.core.ids import stable_hash
+from taoflow.core.text import normalize_text
 from taoflow.scoring.base import GroupScorer, ScoreResult
-from taoflow.utils import stable_hash
 
 FEEDBACK_NAME = "user_feedback"
 SERVED_STRATEGY = "served"

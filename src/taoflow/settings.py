@@ -6,9 +6,13 @@ https://docs.kedro.org/en/stable/kedro_project_setup/settings.html
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from taoflow.hooks import PipelineConfigHook, ReproducibilityHook, StageTimingHook
+from taoflow.context import TaoflowContext
+from taoflow.hooks import ReproducibilityHook, StageTimingHook
 
-HOOKS = (PipelineConfigHook(), ReproducibilityHook(), StageTimingHook())
+HOOKS = (ReproducibilityHook(), StageTimingHook())
+
+# Validates every parameter block and builds the graph from this env (taoflow.config.graph).
+CONTEXT_CLASS = TaoflowContext
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

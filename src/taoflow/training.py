@@ -16,7 +16,6 @@ with the scoring stage's own ``taoflow.scoring.score_candidates``, so both paths
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import re
@@ -32,8 +31,9 @@ import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
+from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.core.text import as_messages
 from taoflow.models import Policy
-from taoflow.utils import as_messages, derive_seed, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -245,13 +245,6 @@ class TrainSettings:
 # --------------------------------------------------------------------------------------------
 # Inputs: hashing, lineage checks, prompt framing.
 # --------------------------------------------------------------------------------------------
-
-
-def frame_hash(frame: pd.DataFrame) -> str:
-    """Content hash of a DataFrame (columns in name order, rows as stored): its data identity."""
-    ordered = frame[sorted(frame.columns)].reset_index(drop=True)
-    payload = ordered.to_json(orient="split", index=False, default_handler=str, double_precision=15)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def scored_round(scored: pd.DataFrame) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 from kedro_datasets.partitions import PartitionedDataset
 from tqdm.auto import tqdm
 
+from taoflow.core.files import PARTIAL_SUFFIX, partial_path
+
 MANIFEST = "_manifest.json"
 
 
@@ -44,7 +46,7 @@ class ResumablePartitionedDataset(PartitionedDataset):
             partition_data = data[partition_id]
             if callable(partition_data):
                 partition_data = partition_data()
-            tmp = path + ".partial"
+            tmp = partial_path(path)
             kwargs = deepcopy(self._dataset_config)
             kwargs[self._filepath_arg] = self._join_protocol(tmp)
             self._dataset_type(**kwargs).save(partition_data)
@@ -67,4 +69,4 @@ class ResumablePartitionedDataset(PartitionedDataset):
         return dict(sorted(partitions.items()))
 
     def _list_partitions(self) -> list[str]:
-        return [p for p in super()._list_partitions() if not p.endswith((".partial", MANIFEST))]
+        return [p for p in super()._list_partitions() if not p.endswith((PARTIAL_SUFFIX, MANIFEST))]

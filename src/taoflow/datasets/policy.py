@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from taoflow.core.files import atomic_path
 from taoflow.models import Policy, load_policy, save_policy
 
 
@@ -33,13 +33,8 @@ class PolicyDataset(AbstractDataset[Policy, Policy]):
             raise DatasetError(
                 f"PolicyDataset at {self._path} expects a Policy, got {type(data).__name__}."
             )
-        tmp = self._path.with_name(self._path.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_policy(data, tmp)
-        if self._path.exists():
-            shutil.rmtree(self._path)
-        tmp.rename(self._path)
+        with atomic_path(self._path) as tmp:
+            save_policy(data, tmp)
 
     def _exists(self) -> bool:
         return (self._path / "config.json").is_file()

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taoflow.answers import extract_answer, normalize_answer
+from taoflow.core.answers import extract_answer, normalize_answer
+from taoflow.core.text import as_messages, last_user_message
 from taoflow.scoring.base import ScoreResult
 from taoflow.scoring.majority import vote
 from taoflow.scoring.registry import build_scorer
-from taoflow.utils import as_messages
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,6 @@ def _scorer_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
     if duplicates:
         raise ValueError(f"score.scorers: duplicate scorer names {duplicates}; give each a name")
     return [dict(entry, name=name) for entry, name in zip(entries, names, strict=True)]
-
-
-def last_user_message(messages: list[dict[str, str]]) -> str:
-    for message in reversed(messages):
-        if message["role"] == "user":
-            return message["content"]
-    return messages[-1]["content"] if messages else ""
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -102,7 +95,9 @@ def prepare_frame(candidates: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFra
     frame = frame.iloc[np.argsort(group_order, kind="stable")].reset_index(drop=True)
     messages = {pid: as_messages(value) for pid, value in known.items()}
     frame["messages"] = [messages[pid] for pid in frame["prompt_id"]]
-    frame["prompt"] = [last_user_message(m) for m in frame["messages"]]
+    frame["prompt"] = [
+        last_user_message(m) or (m[-1]["content"] if m else "") for m in frame["messages"]
+    ]
     frame["completion"] = frame["completion"].astype(str)
     return frame
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taoflow.answers import extract_answer
+from taoflow.core.answers import extract_answer
 from taoflow.scoring.base import ScoreResult
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taoflow.answers import extract_answer, normalize_answer
+from taoflow.core.answers import extract_answer, normalize_answer
 from taoflow.scoring.base import GroupScorer, ScoreResult
 
 TIE_POLICIES = ("none", "all", "first")

@@ -24,12 +24,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from taoflow.core.ids import derive_seed
 from taoflow.generation import render_prompts
 from taoflow.models import Policy
 from taoflow.serving.batching import BatchQueue, GenerationRequest, QueueFullError, engine_runner
 from taoflow.serving.config import ServeConfig
 from taoflow.serving.tracing import TraceRecorder, log_user_feedback, trace_exists
-from taoflow.utils import derive_seed
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import mlflow
 from mlflow.entities import AssessmentSource, AssessmentSourceType, SpanType
 from mlflow.tracking import MlflowClient
 
-from taoflow.pipelines.ingest.text import PII_PLACEHOLDERS, redact_pii
+from taoflow.core.pii import PII_PLACEHOLDERS, redact_pii
 
 logger = logging.getLogger(__name__)
 

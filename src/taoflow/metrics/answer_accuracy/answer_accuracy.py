@@ -10,7 +10,7 @@ A prediction with no answer (None or empty) is wrong.
 import datasets
 import evaluate
 
-from taoflow.answers import answers_match, extract_answer
+from taoflow.core.answers import answers_match, extract_answer
 
 _DESCRIPTION = __doc__
 

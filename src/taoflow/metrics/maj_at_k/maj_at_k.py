@@ -18,7 +18,7 @@ from collections import Counter
 import datasets
 import evaluate
 
-from taoflow.answers import extract_answer, normalize_answer
+from taoflow.core.answers import extract_answer, normalize_answer
 
 TIE_RULES = ("expected", "first", "strict")
 

@@ -13,7 +13,7 @@ from math import comb
 import datasets
 import evaluate
 
-from taoflow.answers import answers_match, extract_answer
+from taoflow.core.answers import answers_match, extract_answer
 
 _DESCRIPTION = __doc__
 

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taoflow.answers import answers_match, extract_answer
-from taoflow.pipelines.sft_oracle.nodes import find_gold, gold_table
-from taoflow.scoring.combine import last_user_message
-from taoflow.utils import as_messages, mlflow_metrics
+from taoflow.core.answers import answers_match, extract_answer
+from taoflow.core.gold import find_gold, gold_table
+from taoflow.core.text import as_messages, last_user_message
+from taoflow.core.tracking import mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

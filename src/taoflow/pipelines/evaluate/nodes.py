@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.core.stats import bootstrap_ci, paired_comparison, win_scores
+from taoflow.core.text import as_messages
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.metrics import load_metric
 from taoflow.models import Policy
-from taoflow.stats import bootstrap_ci, paired_comparison, win_scores
-from taoflow.utils import as_messages, derive_seed, mlflow_metrics, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -560,7 +562,7 @@ def _labeled_scores(
     )
     table = table.reset_index(drop=True)
     refs = table["reference"].tolist()
-    from taoflow.answers import extract_answer
+    from taoflow.core.answers import extract_answer
 
     table["greedy_answer"] = [extract_answer(c, extractor) for c in table["greedy_completion"]]
     if "accuracy" in spec["metrics"]:

@@ -55,7 +55,7 @@ class _GraphCatalog:
         if self._catalog is None and not self._failed:
             from kedro.io import DataCatalog
 
-            from taoflow.config import graph_config
+            from taoflow.config.graph import graph_config
 
             try:
                 self._catalog = DataCatalog.from_config(
@@ -115,7 +115,7 @@ def create_pipeline(
     an optional benchmark reading one is always wired, so a project's first run evaluates the
     same benchmarks as its later runs.
     """
-    from taoflow.config import graph_parameters
+    from taoflow.config.graph import graph_parameters
 
     params = graph_parameters().get("evaluate") or {}
     catalog = _GraphCatalog()

@@ -17,6 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.core.text import row_messages
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.generation import (
     BACKENDS,
     frame_conversation,
@@ -24,7 +27,6 @@ from taoflow.generation import (
     policy_fingerprint,
 )
 from taoflow.models import Policy
-from taoflow.utils import derive_seed, mlflow_metrics, row_messages, stable_hash
 
 CANDIDATE_COLUMNS = [
     "prompt_id",

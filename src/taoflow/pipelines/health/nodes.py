@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.health import detect_collapse, health_report, health_signals, probe_policy
 from taoflow.models import Policy
-from taoflow.utils import mlflow_metrics
 
 
 def _round_of(frame: pd.DataFrame) -> int | None:

@@ -17,16 +17,12 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from taoflow.core.ids import stable_hash
+from taoflow.core.pii import redact_pii
+from taoflow.core.text import RowError, coerce_messages, dedup_key, normalize_messages
+from taoflow.core.tracking import mlflow_metrics
+from taoflow.datasets.usage_files import RawSource
 from taoflow.models import load_tokenizer, resolve_model_path
-from taoflow.pipelines.ingest.datasets import RawSource
-from taoflow.pipelines.ingest.text import (
-    RowError,
-    coerce_messages,
-    dedup_key,
-    normalize_messages,
-    redact_pii,
-)
-from taoflow.utils import mlflow_metrics, stable_hash
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy, load_policy
-from taoflow.utils import mlflow_metrics
 
 
 def prepare_base_model(model: dict[str, Any]) -> tuple[Policy, dict[str, dict[str, float]]]:

@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taoflow.pipelines.ingest.text import coerce_messages, dedup_key
-from taoflow.pipelines.reward_model.datasets import RewardModel
+from taoflow.core.ids import seed_everything, stable_hash
+from taoflow.core.text import as_messages, coerce_messages, dedup_key
+from taoflow.core.tracking import mlflow_metrics
+from taoflow.datasets.reward_model import RewardModel
 from taoflow.scoring_feedback import FEEDBACK_NAME, feedback_value, normalize_completion
-from taoflow.utils import as_messages, mlflow_metrics, seed_everything, stable_hash
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.scoring import score_candidates
 from taoflow.scoring.combine import REQUIRED_CANDIDATE_COLUMNS
-from taoflow.utils import mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

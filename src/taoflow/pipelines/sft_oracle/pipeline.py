@@ -17,7 +17,7 @@ from taoflow.pipelines.sft_oracle.nodes import build_sft_oracle_examples, train_
 
 def _gold_path() -> str | None:
     """Where ``usage_gold`` lives, so a bad gold line is reported with its file."""
-    from taoflow.config import graph_config
+    from taoflow.config.graph import graph_config
 
     entry = graph_config("catalog").get("usage_gold") or {}
     path = entry.get("filepath") if isinstance(entry, dict) else None

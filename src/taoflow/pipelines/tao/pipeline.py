@@ -25,7 +25,8 @@ from typing import Any
 
 from kedro.pipeline import Pipeline, pipeline
 
-from taoflow.config import graph_parameters
+from taoflow.config.graph import graph_parameters
+from taoflow.config.tao import TaoParams
 from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
 from taoflow.pipelines.audit.pipeline import create_template as audit_template
 from taoflow.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
@@ -73,20 +74,12 @@ def create_audit(k: int) -> Pipeline:
     return pipeline(template, namespace=f"round_{k}", inputs=inputs, parameters=AUDIT_PARAMETERS)
 
 
-def rounds_from_config(params: dict[str, Any]) -> int:
-    rounds = int((params.get("tao") or {}).get("rounds", 1))
-    if rounds < 1:
-        raise ValueError(f"tao.rounds must be at least 1, got {rounds}")
-    return rounds
-
-
 def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
-    params = graph_parameters()
-    rounds = rounds_from_config(params) if rounds is None else rounds
+    tao: TaoParams = graph_parameters().get("tao") or TaoParams()
+    rounds = tao.rounds if rounds is None else rounds
     composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
     models, health = {"base": BASE}, {}
-    tao = params.get("tao") or {}
-    if tao.get("sft_oracle", True):
+    if tao.sft_oracle:
         # the labeled-training yardstick; evaluated beside TAO, never gated
         composed += sft_oracle_pipeline()
         models["sft_oracle"] = "sft_oracle.policy"
@@ -95,7 +88,7 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     for k in range(1, rounds + 1):
         namespace = f"round_{k}"
         composed += create_round(k, policy)
-        if tao.get("audit_rewards", True):
+        if tao.audit_rewards:
             composed += create_audit(k)
         policy = f"{namespace}.next_policy"
         models[namespace] = f"{namespace}.policy"

@@ -12,18 +12,18 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.core.ids import frame_hash
+from taoflow.core.tracking import mlflow_metrics
 from taoflow.health import CollapseEarlyStopping
 from taoflow.models import Policy
 from taoflow.training import (
     TrainSettings,
     build_examples,
     check_lineage,
-    frame_hash,
     make_grpo_reward,
     scoring_reward_fn,
     train_policy,
 )
-from taoflow.utils import mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
-"""Text-level rules of ingestion: message parsing, Unicode/whitespace normalisation, PII redaction.
+"""Text rules every stage shares: chat-message parsing, Unicode and whitespace normalisation.
 
-Kept apart from the nodes so the same rules can be unit- and property-tested on plain strings.
+One definition, so ingest (which stores prompts), the gold lookup of ``sft_oracle`` and ``audit``,
+scoring and serving all see the same text; kept free of I/O so the rules can be unit- and
+property-tested on plain strings.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections import Counter
 from typing import Any
 
 ROLE_ALIASES = {
@@ -147,52 +148,42 @@ def normalize_messages(
     return out, dropped
 
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+_SPACE = re.compile(r"\s+")
 
 
-_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_PHONE = re.compile(
-    r"(?<![\w+])(?:"
-    r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"  # international: +44 20 7946 0958
-    r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
-    r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-123-4567 (separators required: '5 - 3' stays arithmetic)
-    r")(?!\w)"
-)
-PII_PLACEHOLDERS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
+def question_key(text: Any) -> str:
+    """Join key of a question: NFKC, invisible characters removed, whitespace collapsed.
 
-
-def redact_pii(text: str, kinds: list[str] | tuple[str, ...]) -> tuple[str, Counter]:
-    """Replace emails, card-like numbers (Luhn-valid, 13-19 digits) and phone numbers.
-
-    Cards go before phones so a card number is never half-eaten as a phone number. Returns the
-    text and a count per kind.
+    Ingest keeps the first spelling of a problem and drops later variants (full-width digits,
+    zero-width or no-break spaces), so a lookup by question must see through the same differences.
     """
-    counts: Counter = Counter()
-    unknown = set(kinds) - set(PII_PLACEHOLDERS)
-    if unknown:
-        raise ValueError(f"ingest.pii.kinds: unknown kinds {sorted(unknown)}")
+    text = unicodedata.normalize("NFKC", str(text)).translate(_INVISIBLE)
+    return _SPACE.sub(" ", text).strip()
 
-    def _sub(kind: str, pattern: re.Pattern, text: str, check=None) -> str:
-        def repl(match: re.Match) -> str:
-            if check is not None and not check(match.group(0)):
-                return match.group(0)
-            counts[kind] += 1
-            return PII_PLACEHOLDERS[kind]
 
-        return pattern.sub(repl, text)
+def last_user_message(messages: list[dict[str, str]]) -> str | None:
+    """The content of the last user turn (the request itself); None when there is none."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
 
-    if "email" in kinds:
-        text = _sub("email", _EMAIL, text)
-    if "card" in kinds:
-        text = _sub("card", _CARD, text, lambda s: _luhn_ok(re.sub(r"\D", "", s)))
-    if "phone" in kinds:
-        text = _sub("phone", _PHONE, text, lambda s: 7 <= len(re.sub(r"\D", "", s)) <= 15)
-    return text, counts
+
+def as_messages(value: Any) -> list[dict[str, str]]:
+    """Chat messages as plain ``[{role, content}]`` whatever the storage gave back.
+
+    Parquet returns lists of structs as NumPy arrays of dicts; JSON may give a string.
+    """
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in list(value)]
+
+
+def row_messages(
+    value: Any, row: int, prompt_id: Any, where: str = "prompts"
+) -> list[dict[str, str]]:
+    """:func:`as_messages` for one row of ``prompts``; a malformed value names the row and field."""
+    try:
+        return as_messages(value)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{where} row {row} (prompt_id={prompt_id!r}): field 'messages' is not a list of "
+            f"{{role, content}}: {error!r}"
+        ) from error

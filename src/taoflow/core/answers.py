@@ -33,10 +33,15 @@ def numbers_in(text: str | None) -> list[str]:
     return [n for n in found if n is not None]
 
 
-def extract_answer(text: str | None, config: dict[str, Any] | None = None) -> str | None:
-    """The final answer in ``text`` per ``config`` (default: last number), or None if there is none."""
+def extract_answer(text: str | None, config: Any = None) -> str | None:
+    """The final answer in ``text`` per ``config`` (default: last number), or None if there is none.
+
+    ``config`` is the task's ``answer`` block: a mapping or its typed model.
+    """
     if not text:
         return None
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(exclude_none=True)
     config = config or {}
     kind = config.get("kind", "last_number")
     if kind == "last_number":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
+
+from taoflow.core.files import atomic_path
 
 LINEAGE_FILE = "taoflow.json"
 
@@ -48,18 +49,13 @@ class RewardModelDataset(AbstractDataset[RewardModel, RewardModel]):
             raise DatasetError(
                 f"RewardModelDataset at {self._path} expects a RewardModel, got {type(data).__name__}."
             )
-        tmp = self._path.with_name(self._path.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        data.model.save_pretrained(tmp)
-        data.tokenizer.save_pretrained(tmp)
-        (tmp / LINEAGE_FILE).write_text(
-            json.dumps(data.lineage, indent=2, sort_keys=True, default=str)
-        )
-        if self._path.exists():
-            shutil.rmtree(self._path)
-        tmp.rename(self._path)
+        with atomic_path(self._path) as tmp:
+            tmp.mkdir(parents=True)
+            data.model.save_pretrained(tmp)
+            data.tokenizer.save_pretrained(tmp)
+            (tmp / LINEAGE_FILE).write_text(
+                json.dumps(data.lineage, indent=2, sort_keys=True, default=str)
+            )
 
     def _exists(self) -> bool:
         return (self._path / "config.json").is_file()
