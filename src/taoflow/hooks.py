@@ -23,6 +23,8 @@ from typing import Any
 import mlflow
 import yaml
 from kedro.framework.hooks import hook_impl
+from kedro_mlflow.framework.hooks import MlflowHook
+from pydantic import BaseModel
 
 from taoflow.core.ids import seed_everything
 
@@ -94,6 +96,25 @@ def _dataset_path(dataset: Any) -> Path | None:
         if value:
             return Path(str(value))
     return None
+
+
+def plain_parameters(value: Any) -> Any:
+    """Typed parameter models → plain dicts, recursively (what MLflow params and YAML expect)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {key: plain_parameters(item) for key, item in value.items()}
+    return value
+
+
+class TrackingHook(MlflowHook):
+    """kedro-mlflow's hook, fed plain values: nodes receive typed parameter models, which
+    kedro-mlflow would log as one opaque string instead of one MLflow param per knob
+    (``generate.num_candidates``)."""
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
+        super().before_node_run(node, catalog, plain_parameters(inputs), is_async)
 
 
 class ReproducibilityHook:

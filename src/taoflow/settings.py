@@ -7,9 +7,11 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from taoflow.context import TaoflowContext
-from taoflow.hooks import ReproducibilityHook, StageTimingHook
+from taoflow.hooks import ReproducibilityHook, StageTimingHook, TrackingHook
 
-HOOKS = (ReproducibilityHook(), StageTimingHook())
+# kedro-mlflow's hook runs as TrackingHook (same hook, typed parameters logged as plain values).
+HOOKS = (TrackingHook(), ReproducibilityHook(), StageTimingHook())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow",)
 
 # Validates every parameter block and builds the graph from this env (taoflow.config.graph).
 CONTEXT_CLASS = TaoflowContext
