@@ -68,11 +68,12 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if isinstance(part, int) or current is None:
             continue
         fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
+        by_key = {(f.alias or n): f for n, f in (fields or {}).items()}
+        if part not in by_key:
             return []
-        current = _model_of(fields[part].annotation)
+        current = _model_of(by_key[part].annotation)
     fields = getattr(current, "model_fields", None)
-    return list(fields) if fields else []
+    return [field.alias or name for name, field in fields.items()] if fields else []
 
 
 def _model_of(annotation: Any) -> Any:
