@@ -141,7 +141,7 @@ def test_every_dataset_between_nodes_is_declared(kedro_project, env):
         context = session.load_context()
         catalog = context.catalog
         undeclared = set()
-        for name, pipeline in pipelines.items():
+        for pipeline in pipelines.values():
             inner = {
                 ds
                 for node in pipeline.nodes

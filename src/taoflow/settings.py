@@ -11,7 +11,7 @@ from taoflow.hooks import ReproducibilityHook, StageTimingHook, TrackingHook
 
 # kedro-mlflow's hook runs as TrackingHook (same hook, typed parameters logged as plain values).
 HOOKS = (TrackingHook(), ReproducibilityHook(), StageTimingHook())
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow",)
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 # Validates every parameter block and builds the graph from this env (taoflow.config.graph).
 CONTEXT_CLASS = TaoflowContext
