@@ -16,6 +16,13 @@ SOURCE_PREFIX = "source__"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
+def as_task(task: Any) -> TaskParams:
+    """``params:task`` as its model: Kedro hands nodes the mapping until a node types the block
+    (then every node gets the model), so the evaluation nodes accept both.
+    """
+    return task if isinstance(task, TaskParams) else TaskParams.model_validate(task or {})
+
+
 def metric_columns(spec: BenchmarkSpec, k: int) -> list[str]:
     """Concrete metric names of a benchmark (``maj@k`` → ``maj@8``), text metrics last."""
     names = [m.replace("@k", f"@{k}") for m in spec.metric_names if m != "win_rate"]

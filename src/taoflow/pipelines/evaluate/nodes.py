@@ -15,16 +15,20 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.evaluate import EvaluateParams
-from taoflow.config.shared import TaskParams
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.evaluation import best_of_n, outputs, report, results, scoring
+from taoflow.evaluation.benchmarks import as_task
 from taoflow.models import Policy
+
+# ``task`` (params:task) is typed Any: a mapping, or TaskParams once some node types the block
+# (Kedro then validates it for every node); ``score`` (params:score) is passed through untyped
+# until its model lands.
 
 
 def generate_eval_outputs(
     policy: Policy,
     params: EvaluateParams,
-    task: TaskParams,
+    task: Any,
     seed: int,
     *,
     model_name: str,
@@ -32,26 +36,28 @@ def generate_eval_outputs(
 ) -> dict[str, Callable[[], pd.DataFrame]]:
     """One model's completions on every benchmark item, as lazy resumable shards."""
     return outputs.generate_eval_outputs(
-        policy, params, task, seed, model_name=model_name, sources=sources
+        policy, params, as_task(task), seed, model_name=model_name, sources=sources
     )
 
 
 def score_label_free_outputs(
-    params: EvaluateParams, score: Any, task: TaskParams, **inputs: Any
+    params: EvaluateParams, score: Any, task: Any, **inputs: Any
 ) -> pd.DataFrame:
     """Every model's label-free samples scored with the run's scorers (``params:score``)."""
-    return scoring.score_label_free(outputs.load_outputs(inputs), params, score, task, inputs)
+    return scoring.score_label_free(
+        outputs.load_outputs(inputs), params, score, as_task(task), inputs
+    )
 
 
-def select_best_of_n(
-    params: EvaluateParams, score: Any, task: TaskParams, **inputs: Any
-) -> pd.DataFrame:
+def select_best_of_n(params: EvaluateParams, score: Any, task: Any, **inputs: Any) -> pd.DataFrame:
     """best-of-N's pick per labeled item among the ``from`` model's samples (no generation)."""
-    return best_of_n.select_best_of_n(outputs.load_outputs(inputs), params, score, task, inputs)
+    return best_of_n.select_best_of_n(
+        outputs.load_outputs(inputs), params, score, as_task(task), inputs
+    )
 
 
 def compute_eval_results(
-    params: EvaluateParams, task: TaskParams, seed: int, *, models: list[str], **inputs: Any
+    params: EvaluateParams, task: Any, seed: int, *, models: list[str], **inputs: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
     """Per-item scores → ``eval_results`` (CIs), ``eval_paired`` (vs baseline), per-prompt table.
 
@@ -65,7 +71,7 @@ def compute_eval_results(
         outputs.load_outputs(inputs),
         inputs.get("label_free_scored"),
         params,
-        task,
+        as_task(task),
         models,
         derived=derived,
     )

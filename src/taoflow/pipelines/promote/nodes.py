@@ -8,8 +8,8 @@ import pandas as pd
 
 from taoflow.config.evaluate import EvaluateParams
 from taoflow.config.promote import PromoteParams
-from taoflow.config.shared import TaskParams
 from taoflow.core.ids import derive_seed
+from taoflow.evaluation.benchmarks import as_task
 from taoflow.models import Policy
 from taoflow.promotion import (
     gate_fingerprint,
@@ -25,7 +25,7 @@ def promote_policy(
     per_prompt: pd.DataFrame,
     promote: PromoteParams,
     evaluate: EvaluateParams,
-    task: TaskParams,
+    task: Any,
     *,
     seed: int,
     model_name: str,
@@ -54,7 +54,7 @@ def promote_policy(
         name=promote.registered_model_name,
         candidate_scores=candidate,
         baseline_scores=baseline,
-        fingerprint=gate_fingerprint(evaluate, task, benchmark, list(candidate)),
+        fingerprint=gate_fingerprint(evaluate, as_task(task), benchmark, list(candidate)),
         metric=f"{benchmark}/{metric}",
         min_ci_low=promote.min_ci_low,
         n_resamples=evaluate.n_bootstrap,
