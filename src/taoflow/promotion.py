@@ -190,6 +190,19 @@ def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def _log_and_register(policy: Policy, name: str) -> str:
+    """Log ``policy`` with the ``transformers`` flavour as a new version of ``name``."""
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
+        name="policy",
+        task="text-generation",
+        registered_model_name=name,
+        pip_requirements=_pip_requirements(),
+        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
+    )
+    return str(info.registered_model_version)
+
+
 def register_and_gate(
     policy: Policy,
     *,
@@ -240,15 +253,7 @@ def register_and_gate(
         {"metric": metric, "fingerprint": fingerprint, "scores": candidate_scores},
         SCORES_ARTIFACT,
     )
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
-        name="policy",
-        task="text-generation",
-        registered_model_name=name,
-        pip_requirements=_pip_requirements(),
-        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
-    )
-    version = str(info.registered_model_version)
+    version = _log_and_register(policy, name)
     alias = CHAMPION if verdict["promoted"] else CHALLENGER
     tags = {
         **_lineage_tags(policy.lineage),
