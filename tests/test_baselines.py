@@ -9,14 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from taoflow.config.evaluate import EvaluateParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.gold import format_gold_answer
 from taoflow.core.ids import stable_hash
-from taoflow.pipelines.evaluate.nodes import (
-    best_of_n_settings,
-    compute_eval_results,
-    pick_best,
-    select_best_of_n,
-)
+from taoflow.evaluation.best_of_n import best_of_n_settings, pick_best
+from taoflow.pipelines.evaluate.nodes import compute_eval_results, select_best_of_n
 from taoflow.pipelines.sft_oracle.nodes import build_sft_oracle_examples, sft_oracle_settings
 
 TASK = {"system_prompt": "Answer with the final number only.", "answer": {"kind": "last_number"}}
@@ -218,15 +216,17 @@ def test_pick_best_takes_the_top_reward_and_the_earliest_sample_on_ties():
     assert (best["n_samples"] == [4, 3, 3, 2]).all()
 
 
-def _labeled_params(**changes) -> dict:
+def _labeled_params(**changes) -> EvaluateParams:
     spec = {"name": "bench", "kind": "labeled", "source": "benchmark"}
-    return {
-        "benchmarks": [spec],
-        "k": 4,
-        "n_bootstrap": 50,
-        "best_of_n": {"enabled": True, "from": "base"},
-        **changes,
-    }
+    return EvaluateParams.model_validate(
+        {
+            "benchmarks": [spec],
+            "k": 4,
+            "n_bootstrap": 50,
+            "best_of_n": {"enabled": True, "from": "base"},
+            **changes,
+        }
+    )
 
 
 def _outputs() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -274,16 +274,17 @@ def test_best_of_n_scores_each_items_samples_as_a_group_and_reports_accuracy_onl
     outputs, bench = _outputs()
     params = _labeled_params()
     inputs = {"outputs__base": {"shard": outputs}, "source__benchmark": bench}
-    selected = select_best_of_n(params, SCORE, TASK, **inputs)
+    selected = select_best_of_n(params, SCORE, TaskParams.model_validate(TASK), **inputs)
     assert selected.set_index("item_id")["sample"].to_dict() == {"a": 1, "b": 0, "c": 3}
     assert (selected["model"] == "best_of_n").all() and (selected["source_model"] == "base").all()
     # labels never decide the choice: same pick with every reference changed
     relabeled = outputs.assign(reference="0")
-    again = select_best_of_n(params, SCORE, TASK, **{**inputs, "outputs__base": {"s": relabeled}})
+    task = TaskParams.model_validate(TASK)
+    again = select_best_of_n(params, SCORE, task, **{**inputs, "outputs__base": {"s": relabeled}})
     assert again["sample"].tolist() == selected["sample"].tolist()
 
     results, paired, per_prompt, metrics = compute_eval_results(
-        params, TASK, 0, models=["base", "best_of_n"], best_of_n=selected, **inputs
+        params, task, 0, models=["base", "best_of_n"], best_of_n=selected, **inputs
     )
     rows = results.set_index(["model", "metric"])["value"]
     assert set(results.loc[results["model"] == "best_of_n", "metric"]) == {"accuracy"}
@@ -300,7 +301,7 @@ def test_best_of_n_scores_each_items_samples_as_a_group_and_reports_accuracy_onl
 
 
 def test_best_of_n_settings_validate_against_the_evaluated_models():
-    assert best_of_n_settings({}, ["base"]) is None
+    assert best_of_n_settings(EvaluateParams(), ["base"]) is None
     assert best_of_n_settings(_labeled_params(), ["base", "round_1"]) == {
         "from": "base",
         "name": "best_of_n",
@@ -311,8 +312,8 @@ def test_best_of_n_settings_validate_against_the_evaluated_models():
         )
     with pytest.raises(ValueError, match="differ from the evaluated models"):
         best_of_n_settings(_labeled_params(best_of_n={"enabled": True, "name": "base"}), ["base"])
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['n'\]"):
-        best_of_n_settings({"best_of_n": {"enabled": True, "n": 4}}, ["base"])
+    with pytest.raises(ValueError, match=r"best_of_n\.n\n  Extra inputs are not permitted"):
+        EvaluateParams.model_validate({"best_of_n": {"enabled": True, "n": 4}})
 
 
 def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_policy):
@@ -323,6 +324,8 @@ def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_p
     from taoflow.scoring import score_candidates
 
     PolicyDataset(str(kedro_project / "data/06_models/base")).save(tiny_policy)
+    # stand-alone, evaluate reads base + round_1 (tao.rounds = 1) from the configuration
+    PolicyDataset(str(kedro_project / "data/06_models/round_1/policy")).save(tiny_policy)
     (kedro_project / "data/03_primary").mkdir(parents=True, exist_ok=True)
     holdout = pd.DataFrame([_prompt("2 + 2 =", "holdout"), _prompt("3 + 1 =", "holdout")])
     holdout.to_parquet(kedro_project / "data/03_primary/prompts.parquet")
@@ -333,20 +336,20 @@ def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_p
         "n_bootstrap": 50,
         "best_of_n": {"enabled": True, "from": "base"},
     }
-    with KedroSession.create(
-        project_path=kedro_project, runtime_params={"evaluate": overrides}
-    ) as session:
+    runtime = {"evaluate": overrides, "tao": {"sft_oracle": False}}
+    with KedroSession.create(project_path=kedro_project, runtime_params=runtime) as session:
         session.run(pipeline_names=["evaluate"])
     while mlflow.active_run():
         mlflow.end_run()
 
     reporting = kedro_project / "data/08_reporting"
     results = pd.read_parquet(reporting / "eval_results.parquet")
-    assert list(dict.fromkeys(results["model"])) == ["base", "best_of_n"]
+    assert list(dict.fromkeys(results["model"])) == ["base", "best_of_n", "round_1"]
     mine = results[results["model"] == "best_of_n"]
     assert mine[["benchmark", "metric"]].values.tolist() == [["chain_sum", "accuracy"]]
     assert (mine["n"] == 3).all()
     paired = pd.read_parquet(reporting / "eval_paired.parquet")
+    paired = paired[paired["model"] == "best_of_n"]
     assert paired[["model", "benchmark", "metric"]].values.tolist() == [
         ["best_of_n", "chain_sum", "accuracy"]
     ]
@@ -358,6 +361,7 @@ def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_p
         "base",
         "best_of_n.parquet",
         "label_free_scored.parquet",
+        "round_1",
     ]
     base = pd.concat(pd.read_parquet(p) for p in sorted((outputs / "base").glob("*.parquet")))
     sampled = base[(base["benchmark"] == "chain_sum") & (base["mode"] == "sampled")]

@@ -1,4 +1,4 @@
-"""evaluate: statistics on known data, benchmark validation, and a real KedroSession run."""
+"""evaluate + promote: statistics on known data, benchmark validation, a real KedroSession run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from taoflow.config.evaluate import BenchmarkSpec, EvaluateParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.stats import bootstrap_ci, mcnemar_exact, paired_comparison, win_scores
-from taoflow.pipelines.evaluate.nodes import benchmark_items, benchmark_specs
+from taoflow.evaluation.benchmarks import benchmark_items
 
 LABELED = {
     "name": "bench",
@@ -51,17 +53,21 @@ def test_paired_comparison_and_exact_mcnemar():
     assert win_scores([1, 0.5, 0], [0, 0.5, 1]).tolist() == [1.0, 0.5, 0.0]
 
 
+def benchmark_specs(params: dict) -> list[BenchmarkSpec]:
+    return EvaluateParams.model_validate(params).enabled_benchmarks
+
+
 def test_benchmark_missing_reference_column_names_file_and_column():
     frame = pd.DataFrame({"id": ["a"], "question": ["1 + 1 ="], "solution": ["2"]})
     (spec,) = benchmark_specs({"benchmarks": [LABELED]})
     with pytest.raises(ValueError, match=r"data/01_raw/mine\.jsonl.*reference column 'answer'"):
-        benchmark_items(spec, frame, {}, source_path="data/01_raw/mine.jsonl")
+        benchmark_items(spec, frame, TaskParams(), source_path="data/01_raw/mine.jsonl")
 
 
 def test_benchmark_items_frame_prompts_like_the_task_and_respect_limit():
     frame = pd.DataFrame({"id": [3, 4, 5], "question": ["a", "b", "c"], "answer": [1, 2, 3]})
     (spec,) = benchmark_specs({"benchmarks": [LABELED]})
-    items = benchmark_items(spec, frame, {"system_prompt": "Be brief."}, limit=2)
+    items = benchmark_items(spec, frame, TaskParams(system_prompt="Be brief."), limit=2)
     assert items["item_id"].tolist() == ["3", "4"] and items["reference"].tolist() == ["1", "2"]
     assert items["messages"][0] == [
         {"role": "system", "content": "Be brief."},
@@ -92,7 +98,7 @@ def _holdout_prompts() -> pd.DataFrame:
 
 
 def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
-    """base + a discovered round_1 policy on a 3-item benchmark and 2 holdout prompts, gate included."""
+    """base + round_1 (tao.rounds) on a 3-item benchmark and 2 holdout prompts, then promote."""
     import copy
 
     import mlflow
@@ -112,10 +118,9 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
     _holdout_prompts().to_parquet(kedro_project / "data/03_primary/prompts.parquet")
 
     overrides = {"limit": 3, "k": 2, "max_new_tokens": 4, "n_bootstrap": 50, "shard_size": 2}
-    with KedroSession.create(
-        project_path=kedro_project, runtime_params={"evaluate": overrides}
-    ) as session:
-        session.run(pipeline_names=["evaluate"])
+    runtime = {"evaluate": overrides, "tao": {"rounds": 1, "sft_oracle": False}}
+    with KedroSession.create(project_path=kedro_project, runtime_params=runtime) as session:
+        session.run(pipeline_names=["evaluate", "promote"])
     # kedro-mlflow re-enters the run once per node (mlflow.yml `nested: True`), leaving it on
     # MLflow's in-process run stack; clear it so later tests start clean.
     while mlflow.active_run():
@@ -148,10 +153,11 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
         per_prompt.columns
     )
     report = (reporting / "eval_report.md").read_text()
-    assert "## chain_sum" in report and "Paired comparison" in report and "Registry gate" in report
+    assert "## chain_sum" in report and "Paired comparison" in report
+    assert "Registry gate" in (reporting / "promotion_report.md").read_text()
     assert (reporting / "eval_metrics.png").stat().st_size > 0
     assert (reporting / "eval_reward_distribution.png").stat().st_size > 0
-    gate = json.loads((reporting / "eval_gate.json").read_text())
+    gate = json.loads((reporting / "promotion_decision.json").read_text())
     assert gate["alias"] in ("champion", "challenger") and gate["reason"]
     # per-model outputs are kept, sharded per model
     shards = sorted((kedro_project / "data/07_model_output/evaluate/round_1").glob("*.parquet"))
@@ -175,7 +181,7 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
 
 
 def test_shard_ids_resume_unchanged_work_and_track_settings(tiny_policy):
-    from taoflow.pipelines.evaluate.nodes import generate_eval_outputs
+    from taoflow.evaluation.outputs import generate_eval_outputs
 
     frame = pd.DataFrame(
         {"id": [1, 2, 3], "question": ["1 + 1 =", "2 + 2 =", "3 + 3 ="], "answer": ["2", "4", "6"]}
@@ -184,7 +190,12 @@ def test_shard_ids_resume_unchanged_work_and_track_settings(tiny_policy):
 
     def shards(**changes):
         return generate_eval_outputs(
-            tiny_policy, {**params, **changes}, {}, 0, model_name="base", source__benchmark=frame
+            tiny_policy,
+            EvaluateParams.model_validate({**params, **changes}),
+            TaskParams(),
+            0,
+            model_name="base",
+            sources={"source__benchmark": frame},
         )
 
     first = shards()
@@ -196,4 +207,11 @@ def test_shard_ids_resume_unchanged_work_and_track_settings(tiny_policy):
     sampled = first[[i for i in sorted(first) if "sampled" in i][0]]()
     assert len(sampled) == 4 and sampled["sample"].tolist() == [0, 1, 0, 1]
     with pytest.raises(KeyError, match="not an input of the evaluate pipeline"):
-        generate_eval_outputs(tiny_policy, params, {}, 0, model_name="base")
+        generate_eval_outputs(
+            tiny_policy,
+            EvaluateParams.model_validate(params),
+            TaskParams(),
+            0,
+            model_name="base",
+            sources={},
+        )

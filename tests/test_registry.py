@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from taoflow.registry import CHALLENGER, CHAMPION, Champion, decide, register_and_gate
+from taoflow.promotion import CHALLENGER, CHAMPION, Champion, decide, register_and_gate
 
 ITEMS = [f"q{i:02d}" for i in range(40)]
 

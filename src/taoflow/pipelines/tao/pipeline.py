@@ -1,4 +1,4 @@
-"""tao: ingest → rounds × (generate → score → train → health) → evaluate, as one graph.
+"""tao: ingest → rounds × (generate → score → train → health) → evaluate → promote, as one graph.
 
 Beside TAO, the same run trains the ``sft_oracle`` baseline (SFT on the gold answers: what labels
 would buy at the same budget) and evaluates ``best_of_n`` (the base model's samples picked by the
@@ -39,6 +39,7 @@ from taoflow.pipelines.health.pipeline import (
 from taoflow.pipelines.health.pipeline import create_template as health_template
 from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
 from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
+from taoflow.pipelines.promote.pipeline import create_pipeline as promote_pipeline
 from taoflow.pipelines.score.pipeline import create_template as score_template
 from taoflow.pipelines.sft_oracle.pipeline import create_pipeline as sft_oracle_pipeline
 from taoflow.pipelines.train.pipeline import create_template as train_template
@@ -95,6 +96,6 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         health[namespace] = f"{namespace}.health"
         namespaces.append(namespace)
     composed += create_report_pipeline(namespaces)
-    return composed + evaluate_pipeline(
-        models=models, health=health, produced=composed.all_outputs()
+    return (
+        composed + evaluate_pipeline(models=models) + promote_pipeline(models=models, health=health)
     )

@@ -1,4 +1,5 @@
-"""The MLflow Model Registry gate: register a tuned policy, promote it only when it earned it.
+"""Promotion: register a tuned policy in the MLflow Model Registry, alias it champion only when it
+earned it (decide champion/challenger, register, tag).
 
 Every evaluated final policy is registered (so nothing a run produced is lost), but the alias
 ``champion`` — what ``serve`` and users load as ``models:/<name>@champion`` — moves only when the
@@ -25,9 +26,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from taoflow.config.evaluate import EvaluateParams
+from taoflow.config.promote import PromoteParams
+from taoflow.config.shared import TaskParams
+from taoflow.core.ids import stable_hash
 from taoflow.core.stats import paired_comparison
 from taoflow.health import promotion_blocked
 from taoflow.models import Policy
@@ -184,6 +190,19 @@ def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def _log_and_register(policy: Policy, name: str) -> str:
+    """Log ``policy`` with the ``transformers`` flavour as a new version of ``name``."""
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
+        name="policy",
+        task="text-generation",
+        registered_model_name=name,
+        pip_requirements=_pip_requirements(),
+        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
+    )
+    return str(info.registered_model_version)
+
+
 def register_and_gate(
     policy: Policy,
     *,
@@ -234,15 +253,7 @@ def register_and_gate(
         {"metric": metric, "fingerprint": fingerprint, "scores": candidate_scores},
         SCORES_ARTIFACT,
     )
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
-        name="policy",
-        task="text-generation",
-        registered_model_name=name,
-        pip_requirements=_pip_requirements(),
-        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
-    )
-    version = str(info.registered_model_version)
+    version = _log_and_register(policy, name)
     alias = CHAMPION if verdict["promoted"] else CHALLENGER
     tags = {
         **_lineage_tags(policy.lineage),
@@ -277,6 +288,62 @@ def register_and_gate(
     )
 
 
+def gate_target(promote: PromoteParams, evaluate: EvaluateParams) -> tuple[str, str]:
+    """(benchmark, concrete metric) of the gate: ``maj@k`` → ``maj@<k>``."""
+    benchmark = promote.benchmark or next(
+        s.name for s in evaluate.enabled_benchmarks if s.kind == "labeled"
+    )
+    return benchmark, promote.metric.replace("@k", f"@{evaluate.k}")
+
+
+def gate_fingerprint(
+    evaluate: EvaluateParams, task: TaskParams, benchmark: str, items: list[str]
+) -> str:
+    """What makes two gate scores comparable: benchmark, items, generation and answer settings."""
+    spec = next(s for s in evaluate.enabled_benchmarks if s.name == benchmark)
+    settings = evaluate.sampling()
+    del settings["token_budget"]  # memory, not results
+    set_fields = task.model_fields_set
+    return stable_hash(
+        {
+            "benchmark": spec.identity(),
+            "items": sorted(items),
+            "settings": settings,
+            "tie_rule": evaluate.tie_rule,
+            "system_prompt": task.system_prompt,
+            "answer": task.answer.model_dump(exclude_unset=True)
+            if "answer" in set_fields
+            else None,
+        }
+    )
+
+
+def item_scores(
+    per_prompt: pd.DataFrame, benchmark: str, metric: str, model: str
+) -> dict[str, float]:
+    """Item id → ``model``'s score of ``metric`` on ``benchmark`` (from ``eval_per_prompt``)."""
+    bench = per_prompt[per_prompt["benchmark"] == benchmark]
+    if metric not in bench.columns:
+        raise ValueError(f"gate metric {metric!r} was not computed on benchmark {benchmark!r}")
+    rows = bench[bench["model"] == model]
+    return {str(i): float(v) for i, v in zip(rows["item_id"], rows[metric], strict=True)}
+
+
+def gate_report(decision: dict[str, Any] | None) -> str:
+    """The gate's decision as a Markdown section (the promote stage's report)."""
+    out = ["## Registry gate", ""]
+    if not decision:
+        out.append("No tuned policy was evaluated: nothing to register.")
+    elif decision.get("alias") is None:
+        out.append(str(decision.get("reason")))
+    else:
+        out.append(
+            f"`{decision['registered_model']}` version {decision['version']} → "
+            f"**@{decision['alias']}**. {decision['reason']}."
+        )
+    return "\n".join(out) + "\n"
+
+
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
@@ -284,5 +351,9 @@ __all__ = [
     "GateDecision",
     "current_champion",
     "decide",
+    "gate_fingerprint",
+    "gate_report",
+    "gate_target",
+    "item_scores",
     "register_and_gate",
 ]
