@@ -45,6 +45,44 @@ from taoflow.models import Policy
 BACKENDS = ("transformers", "vllm")
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
 
+# One row per sampled completion: the ``candidates`` contract (generate's shards, health probes).
+CANDIDATE_COLUMNS = [
+    "prompt_id",
+    "candidate_id",
+    "round",
+    "strategy",
+    "temperature",
+    "seed",
+    "completion",
+    "n_tokens",
+    "finish_reason",
+    "logprob",
+]
+
+
+def candidate_record(
+    prompt_id: str,
+    candidate_id: str,
+    sample: dict[str, Any],
+    *,
+    round_: int,
+    strategy: str,
+    temperature: float,
+) -> dict[str, Any]:
+    """One :data:`CANDIDATE_COLUMNS` row from a :func:`generate_completions` sample."""
+    return {
+        "prompt_id": prompt_id,
+        "candidate_id": candidate_id,
+        "round": round_,
+        "strategy": strategy,
+        "temperature": float(temperature),
+        "seed": int(sample["seed"]),
+        "completion": sample["completion"],
+        "n_tokens": int(sample["n_tokens"]),
+        "finish_reason": sample["finish_reason"],
+        "logprob": float(sample["logprob"]),
+    }
+
 
 class SeededSampler(LogitsProcessor):
     """Samples each row with its own generator and returns a one-hot score row.
@@ -435,11 +473,6 @@ def _generate_batch(
             }
         )
     return results
-
-
-def vllm_available() -> bool:
-    """True when vLLM is importable and a CUDA GPU is present (vLLM's supported setup here)."""
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 def _model_path(policy: Policy) -> str:

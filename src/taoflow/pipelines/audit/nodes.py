@@ -11,11 +11,12 @@ It only reads; nothing it computes reaches training.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from taoflow.config.audit import AuditParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.answers import answers_match, extract_answer
 from taoflow.core.gold import find_gold, gold_table
 from taoflow.core.text import as_messages, last_user_message
@@ -36,7 +37,6 @@ AUDIT_COLUMNS = [
     "top_reward_correct",
     "reward_auc",
 ]
-DEFAULT_BINS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def _auc(rewards: np.ndarray, correct: np.ndarray) -> float:
@@ -53,8 +53,8 @@ def audit_rewards(
     scored: pd.DataFrame,
     prompts: pd.DataFrame,
     usage_gold: pd.DataFrame,
-    audit: dict[str, Any] | None,
-    task: dict[str, Any],
+    audit: AuditParams,
+    task: TaskParams,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per-prompt audit rows and round-level metrics (``audit.round_<k>.*``) against gold answers.
 
@@ -62,16 +62,13 @@ def audit_rewards(
     ``majority_vote_majority_answer`` column; tied or low-agreement groups have none), else the
     most common extracted answer. Prompts without a gold answer are left out and counted.
     """
-    audit = dict(audit or {})
-    bins = [float(b) for b in audit.get("agreement_bins", DEFAULT_BINS)]
-    if sorted(bins) != bins or len(bins) < 2:
-        raise ValueError(f"audit.agreement_bins must be increasing, got {bins}")
+    bins = [float(b) for b in audit.agreement_bins]
     for column in ("prompt_id", "completion", "reward"):
         if column not in scored.columns:
             raise ValueError(f"scored: missing column {column!r}; has {list(scored.columns)}")
     gold = gold_table(usage_gold)
     keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
-    extractor = (task or {}).get("answer") or {}
+    extractor = task.answer
     info = prompts.set_index(prompts["prompt_id"].astype(str))
     rounds = sorted(pd.unique(scored["round"])) if "round" in scored.columns else [1]
     round_ = int(rounds[-1])
