@@ -35,6 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from taoflow.config.generate import GenerateParams  # noqa: E402
+from taoflow.config.shared import TaskParams  # noqa: E402
 from taoflow.core.ids import stable_hash  # noqa: E402
 from taoflow.models import load_policy  # noqa: E402
 from taoflow.pipelines.generate.nodes import collect_candidates, generate_candidates  # noqa: E402
@@ -80,17 +82,19 @@ def matmul_flops(size: int = 1024, seconds: float = 2.0) -> float:
 
 
 def run_node(policy, prompts, args, token_budget: int) -> tuple[float, int, pd.DataFrame]:
-    config = {
-        "backend": "transformers",
-        "num_candidates": args.candidates,
-        "shard_size": args.shard_size,
-        "token_budget": token_budget,
-        "strategies": {
-            "direct": {"weight": 1.0, "temperature": 0.8, "max_new_tokens": args.max_new_tokens}
-        },
-    }
+    config = GenerateParams.model_validate(
+        {
+            "backend": "transformers",
+            "num_candidates": args.candidates,
+            "shard_size": args.shard_size,
+            "token_budget": token_budget,
+            "strategies": {
+                "direct": {"weight": 1.0, "temperature": 0.8, "max_new_tokens": args.max_new_tokens}
+            },
+        }
+    )
     start = time.perf_counter()
-    shards = generate_candidates(prompts, policy, config, 42, {"system_prompt": SYSTEM})
+    shards = generate_candidates(prompts, policy, config, 42, TaskParams(system_prompt=SYSTEM))
     frames = {shard_id: job() for shard_id, job in shards.items()}
     elapsed = time.perf_counter() - start
     candidates, _ = collect_candidates({k: (lambda f=f: f) for k, f in frames.items()})

@@ -7,9 +7,12 @@ import math
 import pandas as pd
 import pytest
 
+from taoflow.config.audit import AuditParams
+from taoflow.config.base import ParameterError, validate_block
+from taoflow.config.shared import TaskParams
 from taoflow.pipelines.audit.nodes import audit_rewards
 
-TASK = {"answer": {"extractor": "last_number"}}
+TASK = TaskParams()  # answers: the last number
 Q = "State the final answer to the following arithmetic problem: {} ="
 
 
@@ -59,7 +62,9 @@ def test_audit_counts_right_and_wrong_pseudo_labels_by_agreement():
     gold = pd.DataFrame(
         {"question": [Q.format(q) for q in ("1 + 2", "4 - 1", "2 + 4")], "answer": ["3", "3", "6"]}
     )
-    table, metrics = audit_rewards(scored, prompts, gold, {"agreement_bins": [0, 0.5, 1]}, TASK)
+    table, metrics = audit_rewards(
+        scored, prompts, gold, AuditParams(agreement_bins=[0, 0.5, 1]), TASK
+    )
 
     assert table.set_index("prompt_id")["pseudo_label_correct"].to_dict() == {
         "a": True,
@@ -92,12 +97,9 @@ def test_audit_without_any_gold_answer_says_so():
     prompts = prompts_frame({"x": "0 + 1"})
     gold = pd.DataFrame({"question": [Q.format("5 + 5")], "answer": ["10"]})
     with pytest.raises(ValueError, match="no.*gold|none of the 1 scored prompts"):
-        audit_rewards(scored, prompts, gold, {}, TASK)
+        audit_rewards(scored, prompts, gold, AuditParams(), TASK)
 
 
 def test_audit_rejects_unordered_bins():
-    scored = scored_frame({"x": [("1", 1.0, 1.0)]})
-    with pytest.raises(ValueError, match="agreement_bins"):
-        audit_rewards(
-            scored, prompts_frame({"x": "0 + 1"}), pd.DataFrame(), {"agreement_bins": [1, 0]}, TASK
-        )
+    with pytest.raises(ParameterError, match=r"audit\.agreement_bins.*increasing"):
+        validate_block("audit", {"agreement_bins": [1, 0]})

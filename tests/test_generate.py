@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from taoflow.config.base import ParameterError, validate_block
+from taoflow.config.generate import GenerateParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.ids import stable_hash
 from taoflow.datasets import ResumablePartitionedDataset
 from taoflow.generation import (
@@ -34,7 +37,7 @@ CONVERSATIONS = [
         {"role": "user", "content": "Compute 12 - 5 + 8 step by step, then answer."},
     ]
 ]
-TASK = {"system_prompt": "Answer with the final number only."}
+TASK = TaskParams(system_prompt="Answer with the final number only.")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def _prompts(n: int, holdout: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _config(**overrides) -> dict:
+def _config(**overrides) -> GenerateParams:
     config = {
         "backend": "transformers",
         "num_candidates": 3,
@@ -76,7 +79,7 @@ def _config(**overrides) -> dict:
         "strategies": {"direct": {"weight": 1.0, "temperature": 0.8, "max_new_tokens": 6}},
     }
     config.update(overrides)
-    return config
+    return GenerateParams.model_validate(config)
 
 
 def test_sampling_is_deterministic_and_independent_of_batching(tiny_policy):
@@ -256,10 +259,8 @@ def test_prompts_without_train_rows_are_a_clear_error(tiny_policy):
     bad.at[1, "messages"] = [{"content": "no role"}]
     with pytest.raises(ValueError, match=r"prompts row 1 .*field 'messages'"):
         generate_candidates(bad, tiny_policy, _config(), 42, TASK)
-    with pytest.raises(ValueError, match=r"generate.strategies.direct.temperature"):
-        generate_candidates(
-            _prompts(2), tiny_policy, _config(strategies={"direct": {"weight": 1}}), 42, TASK
-        )
+    with pytest.raises(ParameterError, match=r"generate.strategies.direct.temperature"):
+        validate_block("generate", {"strategies": {"direct": {"weight": 1}}})
 
 
 def test_vllm_backend_is_optional_and_fails_clearly(tiny_policy):
@@ -284,7 +285,7 @@ def test_generate_pipeline_runs_through_kedro_session(kedro_project):
     )
     runtime_params = {
         "model": {"name_or_path": "tiny-random"},
-        "generate": _config(num_candidates=2),
+        "generate": _config(num_candidates=2).model_dump(),
     }
     with KedroSession.create(project_path=kedro_project, runtime_params=runtime_params) as session:
         session.run(pipeline_names=["generate"])

@@ -1,4 +1,4 @@
-"""Label-free health: signals, the collapse detector, the early stop, the fallback and the gate."""
+"""Label-free health: signals, the collapse detector, the fallback, the gate, probe and report."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import random
 
 import pandas as pd
 import pytest
-from transformers import TrainerControl, TrainerState
 
+from taoflow.config.health import HealthParams
+from taoflow.config.shared import TaskParams
 from taoflow.health import (
-    CollapseEarlyStopping,
     Verdict,
     copies_prompt,
     detect_collapse,
@@ -22,7 +22,8 @@ from taoflow.health import (
 )
 from taoflow.pipelines.health.nodes import compute_health, select_next_policy
 
-TASK = {"answer": {"kind": "last_number"}}
+TASK = TaskParams.model_validate({"answer": {"kind": "last_number"}})
+HEALTH = HealthParams()
 N_PROMPTS = 12
 N_SAMPLES = 8
 
@@ -117,8 +118,8 @@ def base(prompts) -> pd.DataFrame:
 
 def test_signals_measure_diversity_agreement_copying_and_entropy(prompts, base):
     collapsed = make_round(prompts, "collapsed", 2)
-    s_base = health_signals(base, prompts, TASK["answer"])
-    s_bad = health_signals(collapsed, prompts, TASK["answer"], reference=base)
+    s_base = health_signals(base, prompts, TASK.answer)
+    s_bad = health_signals(collapsed, prompts, TASK.answer, reference=base)
     assert s_base["n_prompts"] == N_PROMPTS and s_base["n_candidates"] == N_PROMPTS * N_SAMPLES
     assert s_base["agreement_mean"] == pytest.approx(3 / 8)
     assert s_base["distinct_answers_mean"] == pytest.approx(6)
@@ -140,9 +141,7 @@ def test_answers_are_extracted_when_the_frame_has_none(prompts, base):
     """Holdout outputs / raw candidates carry no `answer`: the task extractor is used."""
     raw = make_round(prompts, "base", 1, with_answer=False)
     assert "answer" not in raw
-    assert health_signals(raw, prompts, TASK["answer"]) == health_signals(
-        base, prompts, TASK["answer"]
-    )
+    assert health_signals(raw, prompts, TASK.answer) == health_signals(base, prompts, TASK.answer)
 
 
 def test_copy_detection_and_group_table():
@@ -175,7 +174,7 @@ def test_bad_input_is_a_clear_error(prompts):
 
 
 def test_detector_fires_on_collapse_and_not_on_healthy_sharpening(prompts, base):
-    ref = health_signals(base, prompts, TASK["answer"])
+    ref = health_signals(base, prompts, TASK.answer)
     collapsed = health_signals(make_round(prompts, "collapsed", 2), prompts, reference=base)
     healthy = health_signals(make_round(prompts, "healthy", 2, seed=1), prompts, reference=base)
 
@@ -236,132 +235,19 @@ def test_answer_entropy_is_used_without_logprobs_and_off_support_fires(prompts, 
     ]
 
 
-# -- online early stopping ---------------------------------------------------------------------
-
-
-def drive(
-    callback: CollapseEarlyStopping, rewards, entropies, state: TrainerState | None = None
-) -> int | None:
-    """Feed GRPO-shaped logs the way Trainer.log does; returns the step training stops at."""
-    state, control = state or TrainerState(), TrainerControl()
-    start = state.global_step + 1
-    for step, (reward, entropy) in enumerate(zip(rewards, entropies, strict=True), start=start):
-        state.global_step = step
-        logs = {"loss": 0.1, "reward": reward, "entropy": entropy, "completions/mean_length": 9}
-        state.log_history.append({**logs, "step": step})
-        control = callback.on_log(None, state, control, logs=logs)
-        callback.on_log(None, state, control, logs={"eval_reward": 1.0})  # ignored
-        if control.should_training_stop:
-            return step
-    return None
-
-
-def ramp(start: float, end: float, n: int = 30) -> list[float]:
-    return [start + (end - start) * i / (n - 1) for i in range(n)]
-
-
-def test_callback_stops_the_measured_collapse_and_records_why():
-    callback = CollapseEarlyStopping()
-    stopped = drive(callback, ramp(0.41, 0.84), ramp(1.1, 0.37))
-    assert stopped is not None and stopped < 30
-    assert callback.stopped and callback.stopped_step == stopped
-    assert "reward" in callback.reason and "entropy" in callback.reason
-    summary = callback.summary()
-    assert summary["stopped"] and summary["baseline_reward"] == pytest.approx(
-        (0.41 + 0.41 + 0.43 / 29) / 2
-    )
-    assert summary["n_logs"] == stopped
-
-
-def test_callback_lets_healthy_and_noisy_runs_finish():
-    # Healthy: reward up, entropy down a little (GRPO lr 2e-6 kind of run).
-    assert drive(CollapseEarlyStopping(), ramp(0.41, 0.62), ramp(1.1, 0.8)) is None
-    # A single spike meeting both conditions is not enough with patience 2.
-    rewards, entropies = [0.4] * 10, [1.1] * 10
-    rewards[5], entropies[5] = 0.9, 0.3
-    assert drive(CollapseEarlyStopping(), rewards, entropies) is None
-    # Disabled: records the reason, never stops.
-    quiet = CollapseEarlyStopping(enabled=False)
-    assert drive(quiet, ramp(0.41, 0.84), ramp(1.1, 0.37)) is None
-    assert not quiet.stopped and quiet.reason is not None
-    with pytest.raises(TypeError):
-        CollapseEarlyStopping.from_config({"reward_rise": 0.2, "typo": 1})
-
-
-def test_callback_resumed_mid_run_keeps_the_runs_baseline():
-    """A fresh callback on a resumed trainer rebuilds the baseline from the restored log history."""
-    rewards, entropies = ramp(0.41, 0.84), ramp(1.1, 0.37)
-    uninterrupted = CollapseEarlyStopping()
-    expected = drive(uninterrupted, rewards, entropies)
-    state = TrainerState()
-    assert drive(CollapseEarlyStopping(), rewards[:10], entropies[:10], state) is None
-    resumed = CollapseEarlyStopping()  # the trainer is rebuilt on resume; so is the callback
-    assert drive(resumed, rewards[10:], entropies[10:], state) == expected
-    assert resumed.summary() == uninterrupted.summary()
-
-
-def test_callback_stops_a_real_grpo_trainer(tiny_model_dir, tmp_path):
-    """TRL's GRPOTrainer logs the keys the callback watches, and honours the stop."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    from taoflow.models import load_policy
-
-    policy = load_policy(str(tiny_model_dir))
-
-    def constant_answer(completions, **kwargs):  # rewards one fixed answer, like a collapsed vote
-        return [1.0 if "7" in str(c) else 0.0 for c in completions]
-
-    config = GRPOConfig(
-        output_dir=str(tmp_path / "grpo"),
-        max_steps=8,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        bf16=False,
-        use_cpu=True,
-        activation_checkpointing=False,
-        seed=0,
-    )
-    # Thresholds any run meets: the test is about the integration, not about the tiny model.
-    callback = CollapseEarlyStopping(
-        reward_rise=-1.0, entropy_ratio=100.0, baseline_logs=1, patience=1
-    )
-    trainer = GRPOTrainer(
-        model=policy.model,
-        reward_funcs=constant_answer,
-        args=config,
-        train_dataset=Dataset.from_dict({"prompt": ["What is 7 - 2?"] * 8}),
-        processing_class=policy.tokenizer,
-        callbacks=[callback],
-    )
-    trainer.train()
-    assert callback.stopped and callback.stopped_step == 2
-    assert trainer.state.global_step == 2 < config.max_steps
-    assert [h["step"] for h in callback.history] == [1, 2]
-
-
 # -- policy selection and the promotion gate ---------------------------------------------------
 
 
 def test_health_node_verdict_and_fallback_policy(prompts, base, tiny_policy):
     import dataclasses
 
-    bad, metrics = compute_health(
-        make_round(prompts, "collapsed", 2), prompts, base, {"thresholds": {}}, TASK
-    )
+    bad, metrics = compute_health(make_round(prompts, "collapsed", 2), prompts, base, HEALTH, TASK)
     assert bad["collapsed"] and bad["round"] == 2 and bad["policy_round"] == 1
     assert metrics["health.collapsed"] == {"value": 1.0, "step": 2}
     assert metrics["health.agreement_mean"]["value"] == 1.0
     json.dumps(bad)  # the JSON dataset must be able to write it
 
-    good, metrics = compute_health(
-        make_round(prompts, "healthy", 2), prompts, base, {"thresholds": {}}, TASK
-    )
+    good, metrics = compute_health(make_round(prompts, "healthy", 2), prompts, base, HEALTH, TASK)
     assert not good["collapsed"] and metrics["health.collapsed"]["value"] == 0.0
 
     previous = dataclasses.replace(tiny_policy, lineage={**tiny_policy.lineage, "round": 1})
@@ -378,14 +264,14 @@ def test_health_node_verdict_and_fallback_policy(prompts, base, tiny_policy):
     assert kept.model is current.model and kept.lineage["health"]["collapsed"] is False
 
     disabled, _ = compute_health(
-        make_round(prompts, "collapsed", 2), prompts, base, {"enabled": False}, TASK
+        make_round(prompts, "collapsed", 2), prompts, base, HealthParams(enabled=False), TASK
     )
     assert not disabled["collapsed"] and disabled["reasons"] and "enabled" in disabled["notes"][-1]
 
 
 def test_promotion_gate_refuses_collapsed_policies(prompts, base):
-    bad, _ = compute_health(make_round(prompts, "collapsed", 2), prompts, base, {}, TASK)
-    good, _ = compute_health(make_round(prompts, "healthy", 3), prompts, base, {}, TASK)
+    bad, _ = compute_health(make_round(prompts, "collapsed", 2), prompts, base, HEALTH, TASK)
+    good, _ = compute_health(make_round(prompts, "healthy", 3), prompts, base, HEALTH, TASK)
     blocked, why = promotion_blocked({"round_2": bad, "round_3": good})
     assert blocked and why.startswith("collapse detected") and "consensus collapse" in why
     assert promotion_blocked([good]) == (False, "1 health verdict(s), none collapsed")
@@ -396,7 +282,7 @@ def test_promotion_gate_refuses_collapsed_policies(prompts, base):
 
 def test_report_section_and_figure(prompts, base):
     rounds = [
-        compute_health(make_round(prompts, kind, r), prompts, base, {}, TASK)[0]
+        compute_health(make_round(prompts, kind, r), prompts, base, HEALTH, TASK)[0]
         for r, kind in ((1, "base"), (2, "healthy"), (3, "collapsed"))
     ]
     markdown, figure = health_report(rounds)
@@ -466,7 +352,8 @@ def test_probe_samples_a_policy_reproducibly(tiny_policy, prompts):
     probed = probe_policy(policy, holdout, {**config, "n_samples": 1}, seed=7)
     assert set(probed["prompt_id"]) == set(holdout["prompt_id"].tail(2))
 
-    health, _ = compute_health(frame, prompts, frame, {"thresholds": {"min_prompts": 1}}, TASK)
+    one = HealthParams.model_validate({"thresholds": {"min_prompts": 1}})
+    health, _ = compute_health(frame, prompts, frame, one, TASK)
     assert health["round"] == 2 and health["policy_round"] == 2  # a probe judges its own policy
 
 
@@ -508,7 +395,7 @@ def test_probe_template_picks_the_next_policy(tiny_policy, prompts, force_collap
         "base_model": tiny_policy,
         "round_1.policy": round_1,
         "round_2.policy": round_2,
-        "params:health": health,
+        "params:health": HealthParams.model_validate(health),
         "params:task": TASK,
         "params:seed": 0,
     }

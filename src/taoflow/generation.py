@@ -16,16 +16,14 @@ Why it exists rather than calling ``model.generate`` directly:
   (``output_logits=True``) — the policy at temperature 1, whatever sampling settings were used,
   and no second forward pass.
 
-The optional vLLM backend has the same output contract; it is used only when selected and
-fails with a clear message when vLLM or a GPU is missing.
+The optional vLLM backend (:mod:`taoflow.generation_vllm`) has the same output contract; it is
+used only when selected and fails with a clear message when vLLM or a GPU is missing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +42,44 @@ from taoflow.models import Policy
 
 BACKENDS = ("transformers", "vllm")
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
+
+# One row per sampled completion: the ``candidates`` contract (generate's shards, health probes).
+CANDIDATE_COLUMNS = [
+    "prompt_id",
+    "candidate_id",
+    "round",
+    "strategy",
+    "temperature",
+    "seed",
+    "completion",
+    "n_tokens",
+    "finish_reason",
+    "logprob",
+]
+
+
+def candidate_record(
+    prompt_id: str,
+    candidate_id: str,
+    sample: dict[str, Any],
+    *,
+    round_: int,
+    strategy: str,
+    temperature: float,
+) -> dict[str, Any]:
+    """One :data:`CANDIDATE_COLUMNS` row from a :func:`generate_completions` sample."""
+    return {
+        "prompt_id": prompt_id,
+        "candidate_id": candidate_id,
+        "round": round_,
+        "strategy": strategy,
+        "temperature": float(temperature),
+        "seed": int(sample["seed"]),
+        "completion": sample["completion"],
+        "n_tokens": int(sample["n_tokens"]),
+        "finish_reason": sample["finish_reason"],
+        "logprob": float(sample["logprob"]),
+    }
 
 
 class SeededSampler(LogitsProcessor):
@@ -237,7 +273,9 @@ def generate_completions(
         raise ValueError(f"seeds has {len(seeds)} entries for {len(conversations)} conversations.")
     greedy = not do_sample or temperature == 0
     if backend == "vllm":
-        return _generate_vllm(
+        from taoflow.generation_vllm import generate_vllm
+
+        return generate_vllm(
             policy,
             conversations,
             counts=counts,
@@ -435,90 +473,6 @@ def _generate_batch(
             }
         )
     return results
-
-
-def vllm_available() -> bool:
-    """True when vLLM is importable and a CUDA GPU is present (vLLM's supported setup here)."""
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-
-
-def _model_path(policy: Policy) -> str:
-    path = getattr(policy.model, "name_or_path", "") or policy.lineage.get("name_or_path", "")
-    if not path or not Path(path).exists():
-        raise ValueError(
-            f"The vLLM backend loads weights from disk, but policy {policy.name!r} has no local "
-            f"folder (name_or_path={path!r}). Save it with PolicyDataset first."
-        )
-    return str(path)
-
-
-def _generate_vllm(
-    policy: Policy,
-    conversations: Sequence[Sequence[dict]],
-    *,
-    counts: list[int],
-    seeds: Sequence[int],
-    greedy: bool,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    max_new_tokens: int,
-) -> list[list[dict]]:
-    """The same contract through vLLM: one request per conversation with ``n`` samples."""
-    if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError(
-            "generate backend 'vllm' was selected but vLLM is not installed: "
-            "pip install 'taoflow[vllm]' on a GPU machine, or use backend: transformers."
-        )
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            "generate backend 'vllm' was selected but no CUDA GPU is visible; "
-            "use backend: transformers on this machine."
-        )
-    from vllm import LLM, SamplingParams
-
-    llm = _vllm_engine(LLM, _model_path(policy))
-    params = [
-        SamplingParams(
-            n=1 if greedy else count,
-            temperature=0.0 if greedy else temperature,
-            top_p=top_p,
-            top_k=top_k if top_k > 0 else -1,
-            max_tokens=max_new_tokens,
-            seed=int(seeds[i]),
-            logprobs=0,  # only the sampled token's log-prob, from raw logits
-        )
-        for i, count in enumerate(counts)
-    ]
-    live = [i for i, c in enumerate(counts) if c]
-    outputs = llm.chat([list(conversations[i]) for i in live], [params[i] for i in live])
-    results: list[list[dict]] = [[] for _ in counts]
-    for i, request in zip(live, outputs, strict=True):
-        samples = []
-        for j, sample in enumerate(request.outputs):
-            samples.append(
-                {
-                    "completion": sample.text,
-                    "n_tokens": len(sample.token_ids),
-                    "finish_reason": "stop" if sample.finish_reason == "stop" else "length",
-                    "logprob": float(sample.cumulative_logprob or 0.0),
-                    "token_ids": list(sample.token_ids),
-                    "seed": derive_seed(seeds[i], j),
-                }
-            )
-        results[i] = [dict(samples[0]) for _ in range(counts[i])] if greedy else samples
-    return results
-
-
-_VLLM_ENGINES: dict[str, Any] = {}
-
-
-def _vllm_engine(llm_cls: Any, path: str) -> Any:
-    """One vLLM engine per model folder per process: building one takes tens of seconds."""
-    if path not in _VLLM_ENGINES:
-        _VLLM_ENGINES.clear()  # one model on the GPU at a time
-        _VLLM_ENGINES[path] = llm_cls(model=path, seed=0)
-    return _VLLM_ENGINES[path]
 
 
 def policy_fingerprint(policy: Policy) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -18,13 +18,13 @@ BLOCKS: dict[str, str] = {
     "tao": "taoflow.config.tao:TaoParams",
     # Not typed yet: accepted as they are until their stage's model lands.
     "ingest": "taoflow.config.base:UntypedBlock",
-    "generate": "taoflow.config.base:UntypedBlock",
+    "generate": "taoflow.config.generate:GenerateParams",
     "score": "taoflow.config.base:UntypedBlock",
     "train": "taoflow.config.base:UntypedBlock",
-    "health": "taoflow.config.base:UntypedBlock",
+    "health": "taoflow.config.health:HealthParams",
     "evaluate": "taoflow.config.evaluate:EvaluateParams",
     "promote": "taoflow.config.promote:PromoteParams",
-    "audit": "taoflow.config.base:UntypedBlock",
+    "audit": "taoflow.config.audit:AuditParams",
     "sft_oracle": "taoflow.config.base:UntypedBlock",
     "reward_model": "taoflow.config.base:UntypedBlock",
     "serve": "taoflow.config.base:UntypedBlock",
@@ -65,16 +65,28 @@ def unknown_key_message(path: str, name: str, valid: Iterable[str]) -> str:
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Valid keys of the (nested) model reached by ``loc``; [] where it is not a model."""
     current: Any = model
+    key_next = False  # the previous field maps names to models: this part is a key, not a field
     for part in loc:
         if isinstance(part, int) or current is None:
+            continue
+        if key_next:
+            key_next = False
             continue
         fields = getattr(current, "model_fields", None)
         by_key = {(f.alias or n): f for n, f in (fields or {}).items()}
         if part not in by_key:
             return []
         current = _model_of(by_key[part].annotation)
+        key_next = _is_mapping(by_key[part].annotation)
     fields = getattr(current, "model_fields", None)
     return [field.alias or name for name, field in fields.items()] if fields else []
+
+
+def _is_mapping(annotation: Any) -> bool:
+    """Whether an annotation is ``dict[...]`` (or ``dict[...] | None``)."""
+    if get_origin(annotation) in (dict, Mapping):
+        return True
+    return any(_is_mapping(arg) for arg in get_args(annotation) if arg is not type(None))
 
 
 def _model_of(annotation: Any) -> Any:

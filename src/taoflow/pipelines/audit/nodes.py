@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taoflow.config.audit import AuditParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.answers import answers_match, extract_answer
 from taoflow.core.gold import find_gold, gold_table
 from taoflow.core.text import as_messages, last_user_message
@@ -36,7 +38,6 @@ AUDIT_COLUMNS = [
     "top_reward_correct",
     "reward_auc",
 ]
-DEFAULT_BINS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def _auc(rewards: np.ndarray, correct: np.ndarray) -> float:
@@ -49,39 +50,29 @@ def _auc(rewards: np.ndarray, correct: np.ndarray) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
-def audit_rewards(
-    scored: pd.DataFrame,
-    prompts: pd.DataFrame,
-    usage_gold: pd.DataFrame,
-    audit: dict[str, Any] | None,
-    task: dict[str, Any],
-) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """Per-prompt audit rows and round-level metrics (``audit.round_<k>.*``) against gold answers.
+def _pseudo_label(group: pd.DataFrame) -> tuple[Any, float]:
+    """The group's pseudo-label and its agreement: the majority-vote scorer's, else the mode."""
+    if "majority_vote_majority_answer" in group.columns:
+        label = group["majority_vote_majority_answer"].dropna()
+        pseudo = label.iloc[0] if len(label) else None
+        agreement = (
+            float(group["majority_vote_agreement"].max())
+            if "majority_vote_agreement" in group.columns
+            else float("nan")
+        )
+        return pseudo, agreement
+    counts = group["_answer"].dropna().value_counts()
+    pseudo = counts.index[0] if len(counts) else None
+    agreement = float(counts.iloc[0] / len(group)) if len(counts) else 0.0
+    return pseudo, agreement
 
-    The pseudo-label is the majority-vote scorer's answer when that scorer ran (its
-    ``majority_vote_majority_answer`` column; tied or low-agreement groups have none), else the
-    most common extracted answer. Prompts without a gold answer are left out and counted.
-    """
-    audit = dict(audit or {})
-    bins = [float(b) for b in audit.get("agreement_bins", DEFAULT_BINS)]
-    if sorted(bins) != bins or len(bins) < 2:
-        raise ValueError(f"audit.agreement_bins must be increasing, got {bins}")
-    for column in ("prompt_id", "completion", "reward"):
-        if column not in scored.columns:
-            raise ValueError(f"scored: missing column {column!r}; has {list(scored.columns)}")
+
+def _audit_rows(
+    frame: pd.DataFrame, info: pd.DataFrame, usage_gold: pd.DataFrame
+) -> tuple[list[dict[str, Any]], int]:
+    """One audit row per scored prompt with a gold answer, and how many had none."""
     gold = gold_table(usage_gold)
     keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
-    extractor = (task or {}).get("answer") or {}
-    info = prompts.set_index(prompts["prompt_id"].astype(str))
-    rounds = sorted(pd.unique(scored["round"])) if "round" in scored.columns else [1]
-    round_ = int(rounds[-1])
-
-    answers = (
-        scored["answer"]
-        if "answer" in scored.columns
-        else scored["completion"].map(lambda c: extract_answer(c, extractor))
-    )
-    frame = scored.assign(_answer=answers.to_numpy(), _order=np.arange(len(scored)))
     rows, no_gold = [], 0
     for prompt_id, group in frame.groupby(frame["prompt_id"].astype(str), sort=True):
         if prompt_id not in info.index:
@@ -93,18 +84,7 @@ def audit_rewards(
             no_gold += 1
             continue
         right = np.array([a is not None and answers_match(a, answer) for a in group["_answer"]])
-        if "majority_vote_majority_answer" in group.columns:
-            label = group["majority_vote_majority_answer"].dropna()
-            pseudo = label.iloc[0] if len(label) else None
-            agreement = (
-                float(group["majority_vote_agreement"].max())
-                if "majority_vote_agreement" in group.columns
-                else float("nan")
-            )
-        else:
-            counts = group["_answer"].dropna().value_counts()
-            pseudo = counts.index[0] if len(counts) else None
-            agreement = float(counts.iloc[0] / len(group)) if len(counts) else 0.0
+        pseudo, agreement = _pseudo_label(group)
         top = group.sort_values(["reward", "_order"], ascending=[False, True]).iloc[0]
         rows.append(
             {
@@ -123,12 +103,11 @@ def audit_rewards(
                 "reward_auc": _auc(group["reward"].to_numpy(dtype=float), right),
             }
         )
-    table = pd.DataFrame(rows, columns=AUDIT_COLUMNS)
-    if table.empty:
-        raise ValueError(
-            f"audit: none of the {frame['prompt_id'].nunique()} scored prompts has a gold "
-            "answer in usage_gold: nothing to audit (disable tao.audit_rewards)"
-        )
+    return rows, no_gold
+
+
+def _audit_values(table: pd.DataFrame, no_gold: int, bins: list[float]) -> dict[str, float]:
+    """Round-level accuracy of the rewards, overall and per agreement bucket (NaN kept)."""
     labelled = table[table["pseudo_label_correct"].notna()]
     values: dict[str, float] = {
         "n_prompts": len(table),
@@ -153,12 +132,50 @@ def audit_rewards(
         values[f"{name}.pseudo_label_accuracy"] = (
             float(part["pseudo_label_correct"].astype(bool).mean()) if len(part) else float("nan")
         )
+    return values
+
+
+def audit_rewards(
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    usage_gold: pd.DataFrame,
+    audit: AuditParams,
+    task: TaskParams,
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Per-prompt audit rows and round-level metrics (``audit.round_<k>.*``) against gold answers.
+
+    The pseudo-label is the majority-vote scorer's answer when that scorer ran (its
+    ``majority_vote_majority_answer`` column; tied or low-agreement groups have none), else the
+    most common extracted answer. Prompts without a gold answer are left out and counted.
+    """
+    bins = [float(b) for b in audit.agreement_bins]
+    for column in ("prompt_id", "completion", "reward"):
+        if column not in scored.columns:
+            raise ValueError(f"scored: missing column {column!r}; has {list(scored.columns)}")
+    info = prompts.set_index(prompts["prompt_id"].astype(str))
+    rounds = sorted(pd.unique(scored["round"])) if "round" in scored.columns else [1]
+    round_ = int(rounds[-1])
+
+    answers = (
+        scored["answer"]
+        if "answer" in scored.columns
+        else scored["completion"].map(lambda c: extract_answer(c, task.answer))
+    )
+    frame = scored.assign(_answer=answers.to_numpy(), _order=np.arange(len(scored)))
+    rows, no_gold = _audit_rows(frame, info, usage_gold)
+    table = pd.DataFrame(rows, columns=AUDIT_COLUMNS)
+    if table.empty:
+        raise ValueError(
+            f"audit: none of the {frame['prompt_id'].nunique()} scored prompts has a gold "
+            "answer in usage_gold: nothing to audit (disable tao.audit_rewards)"
+        )
+    values = _audit_values(table, no_gold, bins)
     logger.info(
         "audit round %d: pseudo-label right on %.0f%% of %d labelled prompts (coverage %.0f%%); "
         "top-reward candidate right on %.0f%%; some candidate right on %.0f%%",
         round_,
         100 * values["pseudo_label_accuracy"],
-        len(labelled),
+        int(table["pseudo_label_correct"].notna().sum()),
         100 * values["pseudo_label_coverage"],
         100 * values["top_reward_accuracy"],
         100 * values["any_correct"],

@@ -11,88 +11,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
 import pandas as pd
 
+from taoflow.config.generate import GenerateParams, StrategyParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.ids import derive_seed, stable_hash
 from taoflow.core.text import row_messages
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.generation import (
-    BACKENDS,
+    CANDIDATE_COLUMNS,
+    candidate_record,
     frame_conversation,
     generate_completions,
     policy_fingerprint,
 )
 from taoflow.models import Policy
 
-CANDIDATE_COLUMNS = [
-    "prompt_id",
-    "candidate_id",
-    "round",
-    "strategy",
-    "temperature",
-    "seed",
-    "completion",
-    "n_tokens",
-    "finish_reason",
-    "logprob",
-]
-# Shard-only bookkeeping, dropped when shards are concatenated into ``candidates``.
-TIMING_COLUMNS = ["shard_id", "shard_seconds"]
+
+def named_strategies(generate: GenerateParams) -> list[tuple[str, StrategyParams]]:
+    """``generate.strategies`` in YAML order, as (name, strategy) pairs."""
+    return list(generate.strategies.items())
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """One exploration strategy: sampling settings plus an optional prompt variant."""
-
-    name: str
-    weight: float
-    temperature: float
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 48
-    system_prompt: str | None = None
-    instruction: str | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-def parse_strategies(config: dict[str, Any]) -> list[Strategy]:
-    """Validated strategies from ``generate.strategies`` (errors name the offending key)."""
-    raw = config.get("strategies")
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError("generate.strategies must be a non-empty mapping of name → settings.")
-    known = set(Strategy.__dataclass_fields__) - {"name"}
-    strategies = []
-    for name, settings in raw.items():
-        where = f"generate.strategies.{name}"
-        settings = dict(settings or {})
-        unknown = set(settings) - known
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        for field in ("weight", "temperature"):
-            if field not in settings:
-                raise ValueError(f"{where}.{field} is required.")
-        strategy = Strategy(name=str(name), **settings)
-        if strategy.weight < 0:
-            raise ValueError(f"{where}.weight must be ≥ 0, got {strategy.weight}.")
-        if strategy.temperature < 0:
-            raise ValueError(f"{where}.temperature must be ≥ 0 (0 = greedy).")
-        if not 0 < strategy.top_p <= 1:
-            raise ValueError(f"{where}.top_p must be in (0, 1], got {strategy.top_p}.")
-        if strategy.top_k < 0 or strategy.max_new_tokens < 1:
-            raise ValueError(f"{where}: top_k must be ≥ 0 and max_new_tokens ≥ 1.")
-        strategies.append(strategy)
-    if sum(s.weight for s in strategies) <= 0:
-        raise ValueError("generate.strategies: at least one strategy needs a positive weight.")
-    return strategies
+def strategy_key(name: str, strategy: StrategyParams) -> dict[str, Any]:
+    """A strategy as it enters the shard ids (name first, then its settings in field order)."""
+    return {"name": name, **strategy.model_dump()}
 
 
 def allocate_candidates(
@@ -158,34 +104,27 @@ def _round_of(policy: Policy) -> int:
 def generate_candidates(
     prompts: pd.DataFrame,
     input_policy: Policy,
-    generate: dict[str, Any],
+    generate: GenerateParams,
     seed: int,
-    task: dict[str, Any],
+    task: TaskParams,
 ) -> dict[str, Callable[[], pd.DataFrame]]:
     """Plan the shards and return them lazily: ``{shard_id: callable → candidates DataFrame}``.
 
     Nothing is generated here; ``ResumablePartitionedDataset`` calls each callable while saving
     and skips shards already on disk, which makes a killed run resumable.
     """
-    backend = generate.get("backend", "transformers")
-    if backend not in BACKENDS:
-        raise ValueError(f"generate.backend: {backend!r} is not one of {BACKENDS}.")
-    num_candidates = int(generate.get("num_candidates", 8))
-    shard_size = int(generate.get("shard_size", 32))
-    token_budget = int(generate.get("token_budget", 16384))
-    if num_candidates < 1 or shard_size < 1 or token_budget < 1:
-        raise ValueError("generate: num_candidates, shard_size and token_budget must be ≥ 1.")
-    strategies = parse_strategies(generate)
+    num_candidates, shard_size = generate.num_candidates, generate.shard_size
+    strategies = named_strategies(generate)
     train = select_train_prompts(prompts)
-    allocation = allocate_candidates(len(train), num_candidates, [s.weight for s in strategies])
+    allocation = allocate_candidates(len(train), num_candidates, [s.weight for _, s in strategies])
     round_ = _round_of(input_policy)
-    default_system = (task or {}).get("system_prompt")
+    default_system = task.system_prompt
     plan_key = {
-        "strategies": [asdict(s) for s in strategies],
+        "strategies": [strategy_key(name, s) for name, s in strategies],
         "num_candidates": num_candidates,
         "shard_size": shard_size,
-        "token_budget": token_budget,
-        "backend": backend,
+        "token_budget": generate.token_budget,
+        "backend": generate.backend,
         "seed": seed,
         "round": round_,
         "system_prompt": default_system,
@@ -210,8 +149,8 @@ def generate_candidates(
             shard_seed=derive_seed(seed, round_, index),
             round_=round_,
             default_system=default_system,
-            token_budget=token_budget,
-            backend=backend,
+            token_budget=generate.token_budget,
+            backend=generate.backend,
         )
     return shards
 
@@ -223,7 +162,7 @@ def _shard_job(
     prompt_ids: list[str],
     conversations: list[list[dict]],
     counts: list[list[int]],
-    strategies: list[Strategy],
+    strategies: list[tuple[str, StrategyParams]],
     shard_seed: int,
     round_: int,
     default_system: str | None,
@@ -233,7 +172,7 @@ def _shard_job(
     def run() -> pd.DataFrame:
         started = time.perf_counter()
         records = []
-        for s_index, strategy in enumerate(strategies):
+        for s_index, (name, strategy) in enumerate(strategies):
             wanted = [c[s_index] for c in counts]
             live = [i for i, n in enumerate(wanted) if n]
             if not live:
@@ -255,28 +194,23 @@ def _shard_job(
                 top_p=strategy.top_p,
                 top_k=strategy.top_k,
                 max_new_tokens=strategy.max_new_tokens,
-                seeds=[derive_seed(shard_seed, strategy.name, prompt_ids[i]) for i in live],
+                seeds=[derive_seed(shard_seed, name, prompt_ids[i]) for i in live],
                 token_budget=token_budget,
-                progress=f"shard {shard_id[:5]} {strategy.name}",
+                progress=f"shard {shard_id[:5]} {name}",
                 backend=backend,
             )
             for i, samples in zip(live, outputs, strict=True):
                 for j, sample in enumerate(samples):
+                    candidate_id = stable_hash([prompt_ids[i], round_, name, j, sample["seed"]])
                     records.append(
-                        {
-                            "prompt_id": prompt_ids[i],
-                            "candidate_id": stable_hash(
-                                [prompt_ids[i], round_, strategy.name, j, sample["seed"]]
-                            ),
-                            "round": round_,
-                            "strategy": strategy.name,
-                            "temperature": float(strategy.temperature),
-                            "seed": int(sample["seed"]),
-                            "completion": sample["completion"],
-                            "n_tokens": int(sample["n_tokens"]),
-                            "finish_reason": sample["finish_reason"],
-                            "logprob": float(sample["logprob"]),
-                        }
+                        candidate_record(
+                            prompt_ids[i],
+                            candidate_id,
+                            sample,
+                            round_=round_,
+                            strategy=name,
+                            temperature=strategy.temperature,
+                        )
                     )
         frame = pd.DataFrame.from_records(records, columns=CANDIDATE_COLUMNS)
         frame["shard_id"] = shard_id

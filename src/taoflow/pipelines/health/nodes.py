@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.health import HealthParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.health import detect_collapse, health_report, health_signals, probe_policy
 from taoflow.models import Policy
@@ -28,8 +30,8 @@ def compute_health(
     scored: pd.DataFrame,
     prompts: pd.DataFrame,
     reference: pd.DataFrame,
-    health: dict[str, Any],
-    task: dict[str, Any],
+    health: HealthParams,
+    task: TaskParams,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Signals of the round's candidates, the base's as reference, and the collapse verdict.
 
@@ -38,11 +40,10 @@ def compute_health(
     prompts (``round_1.scored``). Candidates of round k are sampled from round k's *input* policy,
     so ``policy_round`` records which policy the verdict is about.
     """
-    answer_config = (task or {}).get("answer") or {}
-    thresholds = (health or {}).get("thresholds") or {}
-    enabled = bool((health or {}).get("enabled", True))
-    signals = health_signals(scored, prompts, answer_config, reference=reference)
-    reference_signals = health_signals(reference, prompts, answer_config)
+    thresholds = health.thresholds.model_dump()
+    enabled = health.enabled
+    signals = health_signals(scored, prompts, task.answer, reference=reference)
+    reference_signals = health_signals(reference, prompts, task.answer)
     verdict = detect_collapse(signals, reference_signals, thresholds)
     if not enabled and verdict.collapsed:
         verdict.notes.append("health.enabled is false: collapse reported but not acted on")
@@ -56,7 +57,7 @@ def compute_health(
         "enabled": enabled,
         **verdict.to_dict(),
         "reference_signals": reference_signals,
-        "thresholds": {**thresholds},
+        "thresholds": thresholds,
     }
     values = {k: v for k, v in signals.items() if isinstance(v, int | float)}
     values["collapsed"] = int(verdict.collapsed)
@@ -65,10 +66,10 @@ def compute_health(
 
 
 def probe(
-    policy: Policy, prompts: pd.DataFrame, health: dict[str, Any], task: dict[str, Any], seed: int
+    policy: Policy, prompts: pd.DataFrame, health: HealthParams, task: TaskParams, seed: int
 ) -> pd.DataFrame:
     """A few samples of ``policy`` (``params:health.probe``) to judge it before the next round."""
-    return probe_policy(policy, prompts, (health or {}).get("probe"), seed=seed, task=task)
+    return probe_policy(policy, prompts, health.probe, seed=seed, task=task)
 
 
 def select_next_policy(policy: Policy, previous_policy: Policy, health: dict[str, Any]) -> Policy:
@@ -100,6 +101,6 @@ def select_next_policy(policy: Policy, previous_policy: Policy, health: dict[str
     return dataclasses.replace(previous_policy, lineage=lineage)
 
 
-def build_health_report(health: dict[str, Any], *round_healths: dict[str, Any]) -> tuple[str, Any]:
+def build_health_report(health: HealthParams, *round_healths: dict[str, Any]) -> tuple[str, Any]:
     """Markdown section + figure for the evaluation report, from every round's health, in order."""
-    return health_report(round_healths, (health or {}).get("thresholds"))
+    return health_report(round_healths, health.thresholds)
