@@ -16,7 +16,7 @@ Why it exists rather than calling ``model.generate`` directly:
   (``output_logits=True``) — the policy at temperature 1, whatever sampling settings were used,
   and no second forward pass.
 
-The optional vLLM backend (:mod:`taoflow.generation_vllm`) has the same output contract; it is
+The optional vLLM backend (:mod:`taoflow.generation.vllm`) has the same output contract; it is
 used only when selected and fails with a clear message when vLLM or a GPU is missing.
 """
 
@@ -30,98 +30,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     GenerationConfig,
-    LogitsProcessor,
     LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.generation.sampling import SeededSampler
 from taoflow.models import Policy
 
 BACKENDS = ("transformers", "vllm")
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
-
-# One row per sampled completion: the ``candidates`` contract (generate's shards, health probes).
-CANDIDATE_COLUMNS = [
-    "prompt_id",
-    "candidate_id",
-    "round",
-    "strategy",
-    "temperature",
-    "seed",
-    "completion",
-    "n_tokens",
-    "finish_reason",
-    "logprob",
-]
-
-
-def candidate_record(
-    prompt_id: str,
-    candidate_id: str,
-    sample: dict[str, Any],
-    *,
-    round_: int,
-    strategy: str,
-    temperature: float,
-) -> dict[str, Any]:
-    """One :data:`CANDIDATE_COLUMNS` row from a :func:`generate_completions` sample."""
-    return {
-        "prompt_id": prompt_id,
-        "candidate_id": candidate_id,
-        "round": round_,
-        "strategy": strategy,
-        "temperature": float(temperature),
-        "seed": int(sample["seed"]),
-        "completion": sample["completion"],
-        "n_tokens": int(sample["n_tokens"]),
-        "finish_reason": sample["finish_reason"],
-        "logprob": float(sample["logprob"]),
-    }
-
-
-class SeededSampler(LogitsProcessor):
-    """Samples each row with its own generator and returns a one-hot score row.
-
-    ``generate`` then runs greedy (``do_sample=False``), whose argmax picks exactly the token
-    sampled here. Temperature / top-k / top-p are Hugging Face's own warpers; only the draw is
-    ours, one uniform per row per step, by inverse CDF: the same row seed and the same
-    distribution give the same token whatever the batch looks like.
-    """
-
-    def __init__(
-        self,
-        generators: Sequence[torch.Generator],
-        temperature: float,
-        top_p: float,
-        top_k: int,
-    ):
-        # Generators, not seeds: their state carries over when a row's decoding is resumed.
-        self.generators = list(generators)
-        warpers: list[LogitsProcessor] = []
-        if temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(temperature))
-        if top_k and top_k > 0:
-            warpers.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p))
-        self.warpers = LogitsProcessorList(warpers)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[0] != len(self.generators):
-            raise RuntimeError(
-                f"SeededSampler got {scores.shape[0]} rows for {len(self.generators)} generators."
-            )
-        probs = self.warpers(input_ids, scores).float().softmax(dim=-1)
-        cdf = probs.cumsum(dim=-1)
-        draws = torch.cat([torch.rand(1, generator=g) for g in self.generators])
-        target = (draws.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
-        # side="right": the first token whose cumulative mass exceeds the draw always has p > 0.
-        tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
-        onehot = torch.full_like(scores, float("-inf"))
-        return onehot.scatter_(1, tokens, 0.0)
 
 
 def frame_conversation(
@@ -256,16 +173,15 @@ def generate_completions(
     ``logprob`` are ``rows × chunk_tokens × vocab`` floats at a time).
     ``progress``: show a bar (a string is used as its label).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown generation backend {backend!r}; expected one of {BACKENDS}.")
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be ≥ 1.")
-    if do_sample and temperature < 0:
-        raise ValueError("temperature must be ≥ 0.")
-    if not 0 < top_p <= 1:
-        raise ValueError("top_p must be in (0, 1].")
-    if chunk_tokens < 1 or token_budget < 1:
-        raise ValueError("chunk_tokens and token_budget must be ≥ 1.")
+    _check_arguments(
+        backend=backend,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        chunk_tokens=chunk_tokens,
+        token_budget=token_budget,
+    )
     counts = _counts(num_return_sequences, len(conversations))
     if seeds is None:
         seeds = [derive_seed(seed, i) for i in range(len(conversations))]
@@ -273,7 +189,7 @@ def generate_completions(
         raise ValueError(f"seeds has {len(seeds)} entries for {len(conversations)} conversations.")
     greedy = not do_sample or temperature == 0
     if backend == "vllm":
-        from taoflow.generation_vllm import generate_vllm
+        from taoflow.generation.vllm import generate_vllm
 
         return generate_vllm(
             policy,
@@ -294,46 +210,86 @@ def generate_completions(
         for j in range(1 if greedy and count else count):
             rows.append((i, j, derive_seed(seeds[i], j)))
     batches = plan_batches([len(prompts[i]) for i, _, _ in rows], max_new_tokens, token_budget)
-
-    stops = stop_token_ids(policy)
-    results: list[list[dict | None]] = [[None] * c for c in counts]
-    remaining = [1 if greedy and c else c for c in counts]
+    sampling = {
+        "greedy": greedy,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "max_new_tokens": max_new_tokens,
+        "stops": stop_token_ids(policy),
+        "chunk_tokens": chunk_tokens,
+    }
     label = progress if isinstance(progress, str) else "generate"
     bar = tqdm(total=len(conversations), desc=label, unit="prompt", disable=not progress)
-    bar.update(sum(1 for c in counts if c == 0))
-    n_tokens_total, started = 0, time.perf_counter()
     was_training = policy.model.training
     policy.model.eval()  # dropout off: a policy handed over mid-training must still reproduce
     try:
-        for batch in batches:
-            outputs = _generate_batch(
-                policy,
-                [prompts[rows[r][0]] for r in batch],
-                [rows[r][2] for r in batch],
-                greedy=greedy,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                max_new_tokens=max_new_tokens,
-                stops=stops,
-                chunk_tokens=chunk_tokens,
-            )
-            finished = 0
-            for r, output in zip(batch, outputs, strict=True):
-                i, j, row_seed = rows[r]
-                output["seed"] = row_seed
-                n_tokens_total += output["n_tokens"]
-                if greedy:
-                    results[i] = [dict(output) for _ in range(counts[i])]
-                else:
-                    results[i][j] = output
-                remaining[i] -= 1
-                finished += remaining[i] == 0
-            bar.update(finished)
-            bar.set_postfix(tok_s=f"{n_tokens_total / (time.perf_counter() - started):.1f}")
+        return _run_batches(
+            policy, prompts, rows, batches=batches, counts=counts, sampling=sampling, bar=bar
+        )
     finally:
         policy.model.train(was_training)
         bar.close()
+
+
+def _check_arguments(
+    *,
+    backend: str,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    chunk_tokens: int,
+    token_budget: int,
+) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown generation backend {backend!r}; expected one of {BACKENDS}.")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be ≥ 1.")
+    if do_sample and temperature < 0:
+        raise ValueError("temperature must be ≥ 0.")
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1].")
+    if chunk_tokens < 1 or token_budget < 1:
+        raise ValueError("chunk_tokens and token_budget must be ≥ 1.")
+
+
+def _run_batches(
+    policy: Policy,
+    prompts: list[list[int]],
+    rows: list[tuple[int, int, int]],
+    *,
+    batches: list[list[int]],
+    counts: list[int],
+    sampling: dict[str, Any],
+    bar: Any,
+) -> list[list[dict]]:
+    """Generate every planned batch and file each row's output under its conversation."""
+    greedy = sampling["greedy"]
+    results: list[list[dict | None]] = [[None] * c for c in counts]
+    remaining = [1 if greedy and c else c for c in counts]
+    bar.update(sum(1 for c in counts if c == 0))
+    n_tokens_total, started = 0, time.perf_counter()
+    for batch in batches:
+        outputs = _generate_batch(
+            policy,
+            [prompts[rows[r][0]] for r in batch],
+            [rows[r][2] for r in batch],
+            **sampling,
+        )
+        finished = 0
+        for r, output in zip(batch, outputs, strict=True):
+            i, j, row_seed = rows[r]
+            output["seed"] = row_seed
+            n_tokens_total += output["n_tokens"]
+            if greedy:
+                results[i] = [dict(output) for _ in range(counts[i])]
+            else:
+                results[i][j] = output
+            remaining[i] -= 1
+            finished += remaining[i] == 0
+        bar.update(finished)
+        bar.set_postfix(tok_s=f"{n_tokens_total / (time.perf_counter() - started):.1f}")
     return results  # type: ignore[return-value]
 
 
@@ -363,8 +319,6 @@ def _generate_batch(
     Rows sample from their own generators (kept across chunks), so results do not depend on
     either saving.
     """
-    from transformers import DynamicCache
-
     tokenizer, model = policy.tokenizer, policy.model
     device = model.device
     unique: dict[tuple[int, ...], int] = {}
@@ -385,19 +339,7 @@ def _generate_batch(
     stop_set = set(stops)
 
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        ids, mask = padded["input_ids"], padded["attention_mask"]
-        if ids.shape[1] > 1:  # prefill all but the last prompt token; generate feeds that one
-            model(
-                input_ids=ids[:, :-1],
-                attention_mask=mask[:, :-1],
-                position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_(min=0),
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache.batch_select_indices(gather)
-        ids, mask = ids[gather], mask[gather]
+        cache, ids, mask = _shared_prefill(model, padded, gather)
         active = list(range(n_rows))
         produced = 0
         while active and produced < max_new_tokens:
@@ -424,20 +366,7 @@ def _generate_batch(
                 logits_processor=LogitsProcessorList(sampler),
             )
             new = out.sequences[:, ids.shape[1] :]
-            # Log-prob of each chosen token under the raw (temperature-1) distribution.
-            chosen = (
-                torch.stack(
-                    [
-                        torch.log_softmax(logits.float(), dim=-1)
-                        .gather(1, new[:, t : t + 1])
-                        .squeeze(1)
-                        for t, logits in enumerate(out.logits)
-                    ],
-                    dim=1,
-                )
-                .double()
-                .cpu()
-            )
+            chosen = _chosen_logprobs(new, out.logits)
             new_cpu = new.cpu().tolist()
             keep = []
             for k, r in enumerate(active):
@@ -460,19 +389,57 @@ def _generate_batch(
                 ids, mask = ids[index], mask[index]
             active = [active[k] for k in keep]
 
-    results = []
-    for r in range(n_rows):
-        text_ids = tokens[r][:-1] if stopped[r] else tokens[r]
-        results.append(
-            {
-                "completion": tokenizer.decode(text_ids, skip_special_tokens=True),
-                "n_tokens": len(tokens[r]),
-                "finish_reason": "stop" if stopped[r] else "length",
-                "logprob": float(sum(logprobs[r])),
-                "token_ids": tokens[r],
-            }
+    return [_row_result(tokenizer, tokens[r], logprobs[r], stopped[r]) for r in range(n_rows)]
+
+
+def _shared_prefill(model: Any, padded: Any, gather: torch.Tensor) -> tuple[Any, Any, Any]:
+    """Prefill each distinct prompt once, then copy its cache rows to every row that shares it.
+
+    All but the last prompt token are prefilled; ``generate`` feeds that one.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids, mask = padded["input_ids"], padded["attention_mask"]
+    if ids.shape[1] > 1:
+        model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_(min=0),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
-    return results
+        cache.batch_select_indices(gather)
+    return cache, ids[gather], mask[gather]
+
+
+def _chosen_logprobs(new: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Log-prob of each chosen token under the raw (temperature-1) distribution, on the CPU."""
+    return (
+        torch.stack(
+            [
+                torch.log_softmax(step.float(), dim=-1).gather(1, new[:, t : t + 1]).squeeze(1)
+                for t, step in enumerate(logits)
+            ],
+            dim=1,
+        )
+        .double()
+        .cpu()
+    )
+
+
+def _row_result(
+    tokenizer: Any, tokens: list[int], logprobs: list[float], stopped: bool
+) -> dict[str, Any]:
+    text_ids = tokens[:-1] if stopped else tokens
+    return {
+        "completion": tokenizer.decode(text_ids, skip_special_tokens=True),
+        "n_tokens": len(tokens),
+        "finish_reason": "stop" if stopped else "length",
+        "logprob": float(sum(logprobs)),
+        "token_ids": tokens,
+    }
 
 
 def policy_fingerprint(policy: Policy) -> str:
