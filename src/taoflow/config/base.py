@@ -17,7 +17,7 @@ BLOCKS: dict[str, str] = {
     "task": "taoflow.config.shared:TaskParams",
     "tao": "taoflow.config.tao:TaoParams",
     # Not typed yet: accepted as they are until their stage's model lands.
-    "ingest": "taoflow.config.base:UntypedBlock",
+    "ingest": "taoflow.config.ingest:IngestParams",
     "generate": "taoflow.config.base:UntypedBlock",
     "score": "taoflow.config.base:UntypedBlock",
     "train": "taoflow.config.base:UntypedBlock",
