@@ -19,14 +19,14 @@ BLOCKS: dict[str, str] = {
     # Not typed yet: accepted as they are until their stage's model lands.
     "ingest": "taoflow.config.ingest:IngestParams",
     "generate": "taoflow.config.base:UntypedBlock",
-    "score": "taoflow.config.base:UntypedBlock",
+    "score": "taoflow.config.score:ScoreParams",
     "train": "taoflow.config.base:UntypedBlock",
     "health": "taoflow.config.base:UntypedBlock",
     "evaluate": "taoflow.config.base:UntypedBlock",
     "audit": "taoflow.config.base:UntypedBlock",
     "sft_oracle": "taoflow.config.base:UntypedBlock",
     "reward_model": "taoflow.config.base:UntypedBlock",
-    "serve": "taoflow.config.base:UntypedBlock",
+    "serve": "taoflow.serving.config:ServeConfig",
 }
 
 

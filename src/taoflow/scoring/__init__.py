@@ -14,7 +14,7 @@ from taoflow.scoring.combine import (
     summarize_scored,
 )
 from taoflow.scoring.majority import Vote, vote
-from taoflow.scoring.registry import BUILTIN_SCORERS, build_scorer, import_object
+from taoflow.scoring.factory import BUILTIN_SCORERS, build_scorer, import_object
 
 __all__ = [
     "BUILTIN_SCORERS",
