@@ -11,17 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kedro.io import DatasetError
 
+from taoflow.config.ingest import IngestParams
 from taoflow.core.ids import stable_hash
 from taoflow.core.pii import redact_pii
 from taoflow.core.text import as_messages, dedup_key, normalize_text
+from taoflow.datasets.mlflow_traces import MlflowTracesDataset
 from taoflow.datasets.usage_files import (
     AppendPartitionsDataset,
     JSONStateDataset,
     RawSource,
     UsageFilesDataset,
 )
-from taoflow.config.ingest import IngestParams
-from taoflow.datasets.mlflow_traces import MlflowTracesDataset
 from taoflow.pipelines.ingest.cleaning import clean_rows, holdout_score
 from taoflow.pipelines.ingest.nodes import take_new_traces
 from taoflow.pipelines.ingest.parsing import parse_file_source, parse_sources

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -82,17 +83,3 @@ def test_scorer_is_loadable_by_python_path_and_validates_config():
     assert cls is FeedbackScorer
     with pytest.raises(ValueError, match="match must be"):
         FeedbackScorer(match="fuzzy")
-
-
-def test_served_rows_carry_their_own_feedback():
-    """A ``strategy="served"`` row with ``feedback_score`` scores without any meta join."""
-    group = pd.DataFrame(
-        {
-            "prompt_id": ["p1", "p1"],
-            "candidate_id": ["c1", "s1"],
-            "strategy": ["sample", "served"],
-            "completion": ["7", "6"],
-            "feedback_score": [float("nan"), 1.0],
-        }
-    )
-    assert list(FeedbackScorer().score(group).scores) == [0.5, 1.0]

@@ -160,11 +160,7 @@ def _scorer_entry(value: Any) -> ScorerParams:
 _AnyScorerKeys = create_model(  # type: ignore[call-overload]
     "AnyScorerKeys",
     __base__=StrictModel,
-    **{
-        key: (Any, None)
-        for model in BUILTIN_PARAMS.values()
-        for key in model.model_fields
-    },
+    **{key: (Any, None) for model in BUILTIN_PARAMS.values() for key in model.model_fields},
 )
 
 ScorerEntry = Annotated[_AnyScorerKeys, PlainValidator(_scorer_entry)]
@@ -196,5 +192,7 @@ class ScoreParams(StrictModel):
                 )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"score.scorers: duplicate scorer names {duplicates}; give each a name")
+            raise ValueError(
+                f"score.scorers: duplicate scorer names {duplicates}; give each a name"
+            )
         return self

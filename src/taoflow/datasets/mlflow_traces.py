@@ -116,7 +116,9 @@ class MlflowTracesDataset(AbstractDataset[None, pd.DataFrame]):
         if not rows:
             return empty_traces()
         frame = pd.DataFrame(rows, columns=TRACE_COLUMNS)
-        frame = frame.sort_values(["timestamp_ms", "trace_id"], kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(["timestamp_ms", "trace_id"], kind="stable").reset_index(
+            drop=True
+        )
         if self._max_traces:
             frame = frame.head(int(self._max_traces))
         frame.attrs["experiment_id"] = found.experiment_id

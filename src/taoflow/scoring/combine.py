@@ -21,8 +21,8 @@ from taoflow.config.shared import TaskParams
 from taoflow.core.answers import extract_answer, normalize_answer
 from taoflow.core.text import as_messages, last_user_message
 from taoflow.scoring.base import ScoreResult
-from taoflow.scoring.majority import vote
 from taoflow.scoring.factory import build_scorer
+from taoflow.scoring.majority import vote
 
 logger = logging.getLogger(__name__)
 

@@ -146,6 +146,7 @@ def _prompt_frame(survivors: list[dict[str, Any]], fraction: float) -> pd.DataFr
 
 
 def _summary(
+    *,
     n_read: int,
     prompts: pd.DataFrame,
     survivors: list[dict[str, Any]],
@@ -197,4 +198,12 @@ def clean_rows(
     prompts = _prompt_frame(survivors, float(ingest.holdout_fraction))
     rejects.sort(key=lambda r: r["_order"])
     reject_frame = pd.DataFrame(rejects, columns=[*REJECT_COLUMNS, "_order"]).drop(columns="_order")
-    return prompts, reject_frame, _summary(len(rows), prompts, survivors, rejects, counts, redacted)
+    summary = _summary(
+        n_read=len(rows),
+        prompts=prompts,
+        survivors=survivors,
+        rejects=rejects,
+        counts=counts,
+        redacted=redacted,
+    )
+    return prompts, reject_frame, summary
