@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from taoflow.config.score import ScoreParams
-from taoflow.config.shared import TaskParams
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.scoring import score_candidates
 from taoflow.scoring.combine import REQUIRED_CANDIDATE_COLUMNS
@@ -81,10 +81,14 @@ def score(
     prompts: pd.DataFrame,
     rejects: pd.DataFrame,
     config: ScoreParams,
-    task: TaskParams,
+    task: Mapping[str, Any],
     credentials: dict[str, Any] | None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """Scored candidates and their label-free metrics (step = the round)."""
+    """Scored candidates and their label-free metrics (step = the round).
+
+    ``task`` is not typed as ``TaskParams`` on purpose: Kedro replaces a typed parameter for
+    every node of the run, and nodes of other stages still read ``params:task`` as a mapping.
+    """
     if candidates.empty:
         raise ValueError("no scorable candidates: see score_rejects for why each was rejected")
     scored, summary = score_candidates(candidates, prompts, config, task, credentials)
