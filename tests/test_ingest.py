@@ -11,22 +11,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kedro.io import DatasetError
 
+from taoflow.config.ingest import IngestParams
 from taoflow.core.ids import stable_hash
 from taoflow.core.pii import redact_pii
 from taoflow.core.text import as_messages, dedup_key, normalize_text
+from taoflow.datasets.mlflow_traces import MlflowTracesDataset
 from taoflow.datasets.usage_files import (
     AppendPartitionsDataset,
     JSONStateDataset,
     RawSource,
     UsageFilesDataset,
 )
-from taoflow.pipelines.ingest.nodes import (
-    clean_rows,
-    fetch_new_traces,
-    holdout_score,
-    parse_file_source,
-    parse_sources,
-)
+from taoflow.pipelines.ingest.cleaning import clean_rows, holdout_score
+from taoflow.pipelines.ingest.nodes import take_new_traces
+from taoflow.pipelines.ingest.parsing import parse_file_source, parse_sources
 
 SYSTEM = "Answer with the final number only."
 Q = "State the final answer to the following arithmetic problem: {} ="
@@ -45,7 +43,7 @@ def params(**overrides):
         "max_raw_chars": 4000,
     }
     base.update(overrides)
-    return base
+    return IngestParams.model_validate(base)
 
 
 def char_tokens(conversations):
@@ -237,13 +235,14 @@ def test_missing_mapped_column_is_a_clear_error(tmp_path):
 
 
 def test_zero_usable_prompts_stops_the_run(tmp_path, tiny_model_dir):
+    from taoflow.models import load_tokenizer
     from taoflow.pipelines.ingest.nodes import build_prompts
 
     cfg = params()
     rows = parse_sources(load_files(tmp_path, {"u.jsonl": "not json\n\n"}), {}, cfg)
-    model = {"name_or_path": str(tiny_model_dir)}
+    tokenizer = load_tokenizer(str(tiny_model_dir))
     with pytest.raises(ValueError, match=r"zero usable prompts.*'invalid_json': 1.*u\.jsonl:1"):
-        build_prompts(rows, cfg, model, seed=0)
+        build_prompts(rows, cfg, tokenizer, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +255,7 @@ def test_zero_usable_prompts_stops_the_run(tmp_path, tiny_model_dir):
     ],
 )
 def test_bad_knobs_are_named(knob, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match):  # pydantic's ValidationError is a ValueError
         clean_rows([], params(**knob), char_tokens)
 
 
@@ -343,7 +342,7 @@ def test_property_every_row_is_accounted_for(lines, cap):
     )
     cfg = params(max_prompt_tokens=20, max_prompts=cap)
     try:
-        rows = parse_file_source(source, {}, 4000)
+        rows = parse_file_source(source, None, 4000)
     except ValueError as err:  # only a file-level mapping problem may stop the run
         assert "mapped column" in str(err)
         return
@@ -408,36 +407,48 @@ def log_chat_trace(question: str, answer: str, version: str = "3", feedback=None
     return trace_id
 
 
-def test_traces_source_reads_only_new_traces(mlflow_uri, sync_traces):
+def test_traces_source_reads_only_new_traces(mlflow_uri, sync_traces, tmp_path):
     import mlflow
 
-    cfg = {
-        "enabled": True,
-        "tracking_uri": mlflow_uri,
-        "experiment": "serve-test",
-        "span_name": "chat_completion",
-        "model_version_tag": "taoflow.model_version",
-        "page_size": 2,
-    }
-    assert fetch_new_traces(cfg, {}) == ({}, {})  # no experiment yet: nothing, no error
+    watermark_file = tmp_path / "watermark.json"
+    traces = MlflowTracesDataset(
+        tracking_uri=mlflow_uri,
+        experiment="serve-test",
+        model_version_tag="taoflow.model_version",
+        page_size=2,
+        watermark_filepath=str(watermark_file),
+    )
+    state = JSONStateDataset(filepath=str(watermark_file))
+    trace_params = params().traces.model_copy(update={"enabled": True})
+
+    def fetch():
+        """One ingest step: read past the watermark, then move it (as the pipeline saves it)."""
+        shards, watermark = take_new_traces(traces.load(), state.load(), trace_params)
+        state.save(watermark)
+        return shards, watermark
+
+    assert traces.load().empty and fetch() == ({}, {})  # no experiment yet: nothing, no error
     mlflow.set_experiment("serve-test")
     first = [log_chat_trace(Q.format(f"{i} + 1"), str(i + 1), feedback=(i == 0)) for i in range(3)]
     with mlflow.start_span(name="something_else"):
         pass
     mlflow.flush_trace_async_logging()
 
-    shards, watermark = fetch_new_traces(cfg, {})
+    shards, watermark = fetch()
     (frame,) = shards.values()
     assert len(frame) == 4 and set(first) <= set(frame.trace_id)  # paged, 2 per call
     assert watermark["serve-test"]["n_ingested"] == 4
-    assert fetch_new_traces(cfg, watermark) == ({}, watermark)  # nothing new
+    assert watermark["serve-test"]["experiment_id"] is not None
+    assert fetch() == ({}, watermark)  # nothing new
+    disabled = trace_params.model_copy(update={"enabled": False})
+    assert take_new_traces(frame, watermark, disabled) == ({}, watermark)
 
     newer = log_chat_trace(Q.format("8 + 8"), "16", version="4")
-    shards2, watermark2 = fetch_new_traces(cfg, watermark)
+    shards2, watermark2 = fetch()
     assert list(next(iter(shards2.values())).trace_id) == [newer]
     assert watermark2["serve-test"]["n_ingested"] == 5
 
-    cfg_ingest = params(traces={**cfg, "source_name": "mlflow_traces"})
+    cfg_ingest = params(traces={"enabled": True, "span_name": "chat_completion"})
     all_shards = {k: (lambda f=f: f) for k, f in {**shards, **shards2}.items()}
     rows = parse_sources({}, all_shards, cfg_ingest)
     prompts, rejects, counts = clean_rows(rows, cfg_ingest, char_tokens)
@@ -472,7 +483,8 @@ def test_ingest_pipeline_end_to_end(kedro_project, sync_traces):
                 "ingest": {"max_prompts": None},
             },
         ) as session:
-            session.run(pipeline_names=["ingest"])
+            # prepare_base writes base_tokenizer, which ingest counts prompt tokens with
+            session.run(pipeline_names=["prepare_base", "ingest"])
         return pd.read_parquet(kedro_project / "data/03_primary/prompts.parquet")
 
     prompts = run()

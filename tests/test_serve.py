@@ -115,7 +115,7 @@ def test_serve_capture_feedback_and_ingest_close_the_loop(tiny_policy, kedro_pro
     with KedroSession.create(
         project_path=kedro_project, runtime_params={"model": {"name_or_path": "tiny-random"}}
     ) as session:
-        session.run(pipeline_names=["ingest"])
+        session.run(pipeline_names=["prepare_base", "ingest"])  # base_tokenizer, then ingest
     end_leftover_runs()
     prompts = pd.read_parquet(kedro_project / "data/03_primary/prompts.parquet")
     served = prompts[prompts["source"] == "mlflow_traces"]

@@ -1,4 +1,4 @@
-"""The feedback scorer and served candidates: user ratings become a partial, label-free reward."""
+"""The feedback scorer: user ratings become a partial, label-free reward."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taoflow.scoring.registry import import_object
-from taoflow.scoring_feedback import (
-    FeedbackScorer,
-    add_served_candidates,
-    feedback_value,
-    served_feedback,
-)
+from taoflow.scoring.factory import import_object
+from taoflow.scoring.feedback import FeedbackScorer, feedback_value, served_feedback
 
 
 def meta(served: str | None, *values: float, name: str = "user_feedback") -> str:
@@ -84,44 +79,7 @@ def test_scorer_reads_served_rows_when_the_frame_has_no_meta():
 
 
 def test_scorer_is_loadable_by_python_path_and_validates_config():
-    cls = import_object("taoflow.scoring_feedback:FeedbackScorer")
+    cls = import_object("taoflow.scoring.feedback:FeedbackScorer")
     assert cls is FeedbackScorer
     with pytest.raises(ValueError, match="match must be"):
         FeedbackScorer(match="fuzzy")
-
-
-def test_served_candidates_follow_the_candidates_contract():
-    candidates = pd.DataFrame(
-        {
-            "prompt_id": ["p1", "p2"],
-            "candidate_id": ["c1", "c2"],
-            "round": [2, 2],
-            "strategy": ["sample", "sample"],
-            "temperature": [0.8, 0.8],
-            "seed": [1, 2],
-            "completion": ["7", "8"],
-            "n_tokens": [2, 2],
-            "finish_reason": ["stop", "stop"],
-            "logprob": [-1.0, -2.0],
-        }
-    )
-    prompts = pd.DataFrame(
-        {
-            "prompt_id": ["p1", "p2", "p3"],
-            "meta": [meta("6", 1.0), meta("9"), meta("5", 0.0)],  # p2 unrated, p3 not generated
-        }
-    )
-    out = add_served_candidates(candidates, prompts, {"only_with_feedback": True})
-    assert list(out.columns) == [*candidates.columns, "feedback_score"]
-    served = out[out["strategy"] == "served"]
-    assert served["prompt_id"].tolist() == ["p1"]
-    row = served.iloc[0]
-    assert row["completion"] == "6" and row["feedback_score"] == 1.0 and row["round"] == 2
-    assert np.isnan(row["logprob"]) and row["seed"] == -1
-    assert out["candidate_id"].is_unique
-    assert out.loc[out["strategy"] == "sample", "feedback_score"].isna().all()
-    everything = add_served_candidates(candidates, prompts, {"only_with_feedback": False})
-    assert sorted(everything.loc[everything["strategy"] == "served", "prompt_id"]) == ["p1", "p2"]
-    # The served row then scores through the scorer with no meta join at all.
-    scores = FeedbackScorer().score(out[out["prompt_id"] == "p1"]).scores
-    assert list(scores) == [0.5, 1.0]

@@ -87,13 +87,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def prepare_base(args: argparse.Namespace) -> int:
     """Materialise the configured (or given) model reference once, e.g. convert the embedded GGUF."""
+    from taoflow.config.base import validate_block
     from taoflow.models import resolve_model_path
 
     params, _, _ = _project(args)
-    model = dict(params.get("model") or {})
-    ref = args.model or model.get("name_or_path", "embedded")
-    cache_dir = args.cache_dir or model.get("cache_dir", "data/06_models")
-    print(resolve_model_path(ref, cache_dir))
+    model = validate_block("model", params.get("model"))
+    print(resolve_model_path(args.model or model.name_or_path, args.cache_dir or model.cache_dir))
     return 0
 
 

@@ -17,9 +17,9 @@ BLOCKS: dict[str, str] = {
     "task": "taoflow.config.shared:TaskParams",
     "tao": "taoflow.config.tao:TaoParams",
     # Not typed yet: accepted as they are until their stage's model lands.
-    "ingest": "taoflow.config.base:UntypedBlock",
+    "ingest": "taoflow.config.ingest:IngestParams",
     "generate": "taoflow.config.generate:GenerateParams",
-    "score": "taoflow.config.base:UntypedBlock",
+    "score": "taoflow.config.score:ScoreParams",
     "train": "taoflow.config.base:UntypedBlock",
     "health": "taoflow.config.health:HealthParams",
     "evaluate": "taoflow.config.evaluate:EvaluateParams",
@@ -27,7 +27,7 @@ BLOCKS: dict[str, str] = {
     "audit": "taoflow.config.audit:AuditParams",
     "sft_oracle": "taoflow.config.base:UntypedBlock",
     "reward_model": "taoflow.config.base:UntypedBlock",
-    "serve": "taoflow.config.base:UntypedBlock",
+    "serve": "taoflow.serving.config:ServeConfig",
 }
 
 

@@ -13,8 +13,8 @@ from taoflow.scoring.combine import (
     score_candidates,
     summarize_scored,
 )
+from taoflow.scoring.factory import BUILTIN_SCORERS, build_scorer, import_object
 from taoflow.scoring.majority import Vote, vote
-from taoflow.scoring.registry import BUILTIN_SCORERS, build_scorer, import_object
 
 __all__ = [
     "BUILTIN_SCORERS",

@@ -8,19 +8,21 @@ train stage learns which answers are better *for that prompt*, not which prompts
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from taoflow.config.base import validate_block
+from taoflow.config.score import ScoreParams
+from taoflow.config.shared import TaskParams
 from taoflow.core.answers import extract_answer, normalize_answer
 from taoflow.core.text import as_messages, last_user_message
 from taoflow.scoring.base import ScoreResult
+from taoflow.scoring.factory import build_scorer
 from taoflow.scoring.majority import vote
-from taoflow.scoring.registry import build_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,6 @@ REQUIRED_CANDIDATE_COLUMNS = ("prompt_id", "candidate_id", "completion")
 REQUIRED_PROMPT_COLUMNS = ("prompt_id", "messages")
 AGREEMENT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 AGREEMENT_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -38,24 +39,20 @@ class ConfiguredScorer:
     scorer: Any
 
 
-def _scorer_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
-    entries = config.get("scorers")
-    if not entries:
+def as_score_params(config: ScoreParams | Mapping[str, Any]) -> ScoreParams:
+    """The ``score`` block as its model; a raw mapping (tests, notebooks) is validated first."""
+    if isinstance(config, ScoreParams):
+        return config
+    if not (config or {}).get("scorers"):
         raise ValueError("score config has no 'scorers': configure at least one scorer")
-    names = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"score.scorers[{i}] must be a mapping, got {entry!r}")
-        name = str(entry.get("name") or entry.get("type") or "")
-        if not _NAME.match(name):
-            raise ValueError(
-                f"score.scorers[{i}]: name {name!r} must be an identifier (it becomes a column)"
-            )
-        names.append(name)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"score.scorers: duplicate scorer names {duplicates}; give each a name")
-    return [dict(entry, name=name) for entry, name in zip(entries, names, strict=True)]
+    return validate_block("score", dict(config))
+
+
+def as_task_dict(task: TaskParams | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params:task`` as the mapping scorers read (``task["answer"]``): only the keys set."""
+    if isinstance(task, TaskParams):
+        return task.model_dump(exclude_unset=True)
+    return dict(task or {})
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -134,23 +131,23 @@ class CandidateScorer:
 
     def __init__(
         self,
-        config: dict[str, Any],
-        task: dict[str, Any],
+        config: ScoreParams | Mapping[str, Any],
+        task: TaskParams | Mapping[str, Any] | None,
         credentials: dict[str, Any] | None = None,
     ):
-        self.config = config
-        self.task = task
-        advantage = config.get("advantage") or {}
-        self.normalize_std = bool(advantage.get("normalize_std", True))
-        self.eps = float(advantage.get("eps", 1e-4))
-        self.zero_signal_tol = float(advantage.get("zero_signal_tol", 1e-9))
+        self.config = as_score_params(config)
+        self.task = as_task_dict(task)
+        advantage = self.config.advantage
+        self.normalize_std = advantage.normalize_std
+        self.eps = advantage.eps
+        self.zero_signal_tol = advantage.zero_signal_tol
         self.scorers = [
             ConfiguredScorer(
-                name=entry["name"],
-                weight=float(entry.get("weight", 1.0)),
-                scorer=build_scorer(entry, task, credentials),
+                name=entry.scorer_name,
+                weight=entry.weight,
+                scorer=build_scorer(entry.as_entry(), self.task, credentials),
             )
-            for entry in _scorer_entries(config)
+            for entry in self.config.scorers
         ]
 
     def close(self) -> None:
@@ -257,8 +254,8 @@ def summarize_scored(scored: pd.DataFrame, scorer_names: Sequence[str]) -> dict[
 def score_candidates(
     candidates: pd.DataFrame,
     prompts: pd.DataFrame,
-    config: dict[str, Any],
-    task: dict[str, Any],
+    config: ScoreParams | Mapping[str, Any],
+    task: TaskParams | Mapping[str, Any] | None,
     credentials: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score candidates without labels: the one entry point every stage uses.

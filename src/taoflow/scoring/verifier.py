@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from taoflow.scoring.base import ScoreResult
-from taoflow.scoring.registry import import_object
+from taoflow.scoring.factory import import_object
 
 
 def _worker_main(conn: Connection, target: str) -> None:  # pragma: no cover - in a subprocess

@@ -1,15 +1,25 @@
-"""Serving: the champion behind an OpenAI-compatible API, with usage and feedback in MLflow."""
+"""Serving: the champion behind an OpenAI-compatible API, with usage and feedback in MLflow.
 
-from taoflow.serving.app import create_app
-from taoflow.serving.config import ServeConfig, build_config
-from taoflow.serving.loading import load_served_policy
-from taoflow.serving.tracing import (
-    FEEDBACK_NAME,
-    MODEL_VERSION_TAG,
-    ROOT_SPAN,
-    TraceRecorder,
-    redact_exchange,
-)
+Exports resolve lazily: validating the ``serve`` block (``taoflow.serving.config``) at every Kedro
+context must not import the web stack and the model runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "taoflow.serving.app",
+    "ServeConfig": "taoflow.serving.config",
+    "build_config": "taoflow.serving.config",
+    "load_served_policy": "taoflow.serving.loading",
+    "FEEDBACK_NAME": "taoflow.serving.tracing",
+    "MODEL_VERSION_TAG": "taoflow.serving.tracing",
+    "ROOT_SPAN": "taoflow.serving.tracing",
+    "TraceRecorder": "taoflow.serving.tracing",
+    "redact_exchange": "taoflow.serving.tracing",
+}
 
 __all__ = [
     "FEEDBACK_NAME",
@@ -22,3 +32,9 @@ __all__ = [
     "load_served_policy",
     "redact_exchange",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'taoflow.serving' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -188,38 +188,8 @@ async def authorize(
         raise HTTPException(401, "missing or invalid bearer token")
 
 
-def create_app(
-    policy: Policy,
-    config: ServeConfig,
-    *,
-    model_version: str,
-    token: str | None = None,
-    recorder: TraceRecorder | None = None,
-) -> FastAPI:
-    """Build the app around a loaded policy. ``recorder=None`` switches usage capture off."""
-    queue = BatchQueue(
-        engine_runner(policy, token_budget=config.token_budget),
-        max_queue=config.max_queue,
-        max_batch_size=config.max_batch_size,
-        window_s=config.batch_window_ms / 1000.0,
-    )
-    counter = {"requests": 0}
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await queue.start()
-        try:
-            yield
-        finally:
-            await queue.stop()
-            if recorder is not None:
-                recorder.flush()
-
-    app = FastAPI(title="taoflow", version="1", lifespan=lifespan)
-    app.state.queue = queue
-    app.state.recorder = recorder
-    app.state.token = token
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes)
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's error shape, with a message that names the problem."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -254,6 +224,137 @@ def create_app(
         logger.exception("request failed", exc_info=exc)
         return _error(500, f"generation failed: {type(exc).__name__}", "server_error")
 
+
+def _prepare(
+    body: ChatCompletionRequest, policy: Policy, config: ServeConfig, counter: dict[str, int]
+) -> tuple[GenerationRequest, dict, int]:
+    """Request → (generation request, what the trace records, prompt tokens); 400 on limits."""
+    messages = [m.as_dict() for m in body.messages]
+    if body.max_tokens is not None and body.max_completion_tokens is not None:
+        raise HTTPException(400, "give max_tokens or max_completion_tokens, not both")
+    max_tokens = body.max_completion_tokens or body.max_tokens or config.default_max_tokens
+    if max_tokens > config.max_tokens_cap:
+        raise HTTPException(
+            400, f"max_tokens {max_tokens} exceeds this server's limit {config.max_tokens_cap}"
+        )
+    if body.n > config.max_n:
+        raise HTTPException(400, f"n {body.n} exceeds this server's limit {config.max_n}")
+    prompt_tokens = len(render_prompts(policy, [messages])[0])
+    if prompt_tokens > config.max_prompt_tokens:
+        raise HTTPException(
+            400,
+            f"prompt is {prompt_tokens} tokens; this server accepts at most "
+            f"{config.max_prompt_tokens}",
+        )
+    temperature = config.default_temperature if body.temperature is None else body.temperature
+    top_p = config.default_top_p if body.top_p is None else body.top_p
+    counter["requests"] += 1
+    seed = body.seed if body.seed is not None else derive_seed(config.seed, counter["requests"])
+    request = GenerationRequest(
+        messages=messages,
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        n=body.n,
+        seed=seed,
+    )
+    recorded = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+    recorded.update({"top_p": top_p, "n": body.n, "seed": body.seed})
+    if body.model is not None:
+        recorded["model"] = body.model
+    return request, recorded, prompt_tokens
+
+
+def _completion_response(result: Any, prompt_tokens: int, model_version: str) -> dict[str, Any]:
+    """OpenAI's ``chat.completion`` body for one finished generation."""
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": s["completion"]},
+            "finish_reason": s["finish_reason"],
+            "logprobs": None,
+        }
+        for i, s in enumerate(result.samples)
+    ]
+    completion_tokens = sum(int(s["n_tokens"]) for s in result.samples)
+    response: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_version,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+    return response
+
+
+async def _record(
+    recorder: TraceRecorder | None,
+    recorded: dict[str, Any],
+    response: dict[str, Any],
+    *,
+    start_ns: int,
+    result: Any,
+    seed: int,
+) -> str | None:
+    """The answered request as one MLflow trace (its id), or None when capture is off or fails."""
+    if recorder is None:
+        return None
+    try:
+        return await run_in_threadpool(
+            recorder.record,
+            recorded,
+            response,
+            start_ns=start_ns,
+            generate_start_ns=result.start_ns,
+            generate_end_ns=result.end_ns,
+            end_ns=time.time_ns(),
+            attributes={"batch_size": result.batch_size, "seed": seed},
+        )
+    except Exception:  # noqa: BLE001 - an answer is never lost to a tracing failure
+        logger.exception("could not record the trace of %s", response["id"])
+        return None
+
+
+def create_app(
+    policy: Policy,
+    config: ServeConfig,
+    *,
+    model_version: str,
+    token: str | None = None,
+    recorder: TraceRecorder | None = None,
+) -> FastAPI:
+    """Build the app around a loaded policy. ``recorder=None`` switches usage capture off."""
+    queue = BatchQueue(
+        engine_runner(policy, token_budget=config.token_budget),
+        max_queue=config.max_queue,
+        max_batch_size=config.max_batch_size,
+        window_s=config.batch_window_ms / 1000.0,
+    )
+    counter = {"requests": 0}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await queue.start()
+        try:
+            yield
+        finally:
+            await queue.stop()
+            if recorder is not None:
+                recorder.flush()
+
+    app = FastAPI(title="taoflow", version="1", lifespan=lifespan)
+    app.state.queue = queue
+    app.state.recorder = recorder
+    app.state.token = token
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes)
+
+    _install_error_handlers(app)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
@@ -263,87 +364,18 @@ def create_app(
             "capture": recorder is not None,
         }
 
-    def _prepare(body: ChatCompletionRequest) -> tuple[GenerationRequest, dict, int]:
-        messages = [m.as_dict() for m in body.messages]
-        if body.max_tokens is not None and body.max_completion_tokens is not None:
-            raise HTTPException(400, "give max_tokens or max_completion_tokens, not both")
-        max_tokens = body.max_completion_tokens or body.max_tokens or config.default_max_tokens
-        if max_tokens > config.max_tokens_cap:
-            raise HTTPException(
-                400, f"max_tokens {max_tokens} exceeds this server's limit {config.max_tokens_cap}"
-            )
-        if body.n > config.max_n:
-            raise HTTPException(400, f"n {body.n} exceeds this server's limit {config.max_n}")
-        prompt_tokens = len(render_prompts(policy, [messages])[0])
-        if prompt_tokens > config.max_prompt_tokens:
-            raise HTTPException(
-                400,
-                f"prompt is {prompt_tokens} tokens; this server accepts at most "
-                f"{config.max_prompt_tokens}",
-            )
-        temperature = config.default_temperature if body.temperature is None else body.temperature
-        top_p = config.default_top_p if body.top_p is None else body.top_p
-        counter["requests"] += 1
-        seed = body.seed if body.seed is not None else derive_seed(config.seed, counter["requests"])
-        request = GenerationRequest(
-            messages=messages,
-            max_new_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            n=body.n,
-            seed=seed,
-        )
-        recorded = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
-        recorded.update({"top_p": top_p, "n": body.n, "seed": body.seed})
-        if body.model is not None:
-            recorded["model"] = body.model
-        return request, recorded, prompt_tokens
-
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest) -> Any:
         start_ns = time.time_ns()
-        request, recorded, prompt_tokens = _prepare(body)
+        request, recorded, prompt_tokens = _prepare(body, policy, config, counter)
         try:
             result = await queue.submit(request)
         except QueueFullError as err:
             raise HTTPException(429, str(err)) from None
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": s["completion"]},
-                "finish_reason": s["finish_reason"],
-                "logprobs": None,
-            }
-            for i, s in enumerate(result.samples)
-        ]
-        completion_tokens = sum(int(s["n_tokens"]) for s in result.samples)
-        response: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_version,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-        trace_id = None
-        if recorder is not None:
-            try:
-                trace_id = await run_in_threadpool(
-                    recorder.record,
-                    recorded,
-                    response,
-                    start_ns=start_ns,
-                    generate_start_ns=result.start_ns,
-                    generate_end_ns=result.end_ns,
-                    end_ns=time.time_ns(),
-                    attributes={"batch_size": result.batch_size, "seed": request.seed},
-                )
-            except Exception:  # noqa: BLE001 - an answer is never lost to a tracing failure
-                logger.exception("could not record the trace of %s", response["id"])
+        response = _completion_response(result, prompt_tokens, model_version)
+        trace_id = await _record(
+            recorder, recorded, response, start_ns=start_ns, result=result, seed=request.seed
+        )
         response["trace_id"] = trace_id
         headers = {"X-Trace-Id": trace_id} if trace_id else {}
         if body.stream:

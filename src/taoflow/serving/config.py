@@ -12,45 +12,36 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, model_validator
+
+from taoflow.config.base import StrictModel
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 
 
-class AuthConfig(BaseModel):
+class AuthConfig(StrictModel):
     """Where the bearer token comes from; no token configured means no authentication."""
 
-    model_config = ConfigDict(extra="forbid")
+    token_env: str | None = Field(
+        "TAOFLOW_SERVE_TOKEN", description="Env var holding the bearer token; unset/empty: no auth."
+    )
+    credentials_key: str | None = Field(
+        None, description="Else a credentials.yml key ({token: ...} or the token itself)."
+    )
 
-    token_env: str | None = "TAOFLOW_SERVE_TOKEN"
-    credentials_key: str | None = None
 
-
-class CaptureConfig(BaseModel):
+class CaptureConfig(StrictModel):
     """Usage capture: every answered request becomes one MLflow trace in ``experiment``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     experiment: str = "taoflow-serve"
     redact_pii: bool = True
 
 
-class ServedCandidatesConfig(BaseModel):
-    """Knobs of ``taoflow.scoring_feedback.add_served_candidates`` (``params:serve.served_candidates``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    only_with_feedback: bool = True
-    feedback_name: str = "user_feedback"
-
-
-class ServeConfig(BaseModel):
-    """Validated ``serve:`` parameters (defaults mirror ``conf/base/parameters_serve.yml``)."""
-
-    model_config = ConfigDict(extra="forbid")
+class ServeConfig(StrictModel):
+    """Validated ``serve:`` parameters (``conf/base/parameters_serve.yml``)."""
 
     model: str = CHAMPION
     registered_model: str = "taoflow-policy"
@@ -70,30 +61,24 @@ class ServeConfig(BaseModel):
     batch_window_ms: float = Field(10.0, ge=0.0)
     token_budget: int = Field(8192, ge=1)
     seed: int = 0
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    capture: CaptureConfig = Field(default_factory=CaptureConfig)
-    served_candidates: ServedCandidatesConfig = Field(default_factory=ServedCandidatesConfig)
+    auth: AuthConfig = AuthConfig()
+    capture: CaptureConfig = CaptureConfig()
 
-    def model_post_init(self, __context: Any) -> None:
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ServeConfig:
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError(
                 f"serve.default_max_tokens ({self.default_max_tokens}) exceeds "
                 f"serve.max_tokens_cap ({self.max_tokens_cap})."
             )
+        return self
 
 
 def build_config(values: dict[str, Any] | None) -> ServeConfig:
-    """Validate a ``serve:`` mapping, naming the offending key on error."""
-    try:
-        return ServeConfig.model_validate(dict(values or {}))
-    except ValidationError as err:
-        problems = "; ".join(
-            f"serve.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            if e["loc"]
-            else str(e["msg"]).removeprefix("Value error, ")
-            for e in err.errors()
-        )
-        raise ValueError(f"Invalid serve configuration: {problems}") from None
+    """Validate a ``serve:`` mapping; :class:`ParameterError` (a ValueError) names the key."""
+    from taoflow.config.base import validate_block
+
+    return validate_block("serve", dict(values or {}))
 
 
 def load_project_config(

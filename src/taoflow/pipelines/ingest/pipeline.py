@@ -1,16 +1,21 @@
-"""ingest: usage files + new MLflow traces → ``prompts``, ``ingest_rejects``, ``ingest_metrics``."""
+"""ingest: usage files + new MLflow traces → ``prompts``, ``ingest_rejects``, ``ingest_metrics``.
+
+Token lengths use ``base_tokenizer``, which ``prepare_base`` writes: run both
+(``kedro run --pipelines prepare_base,ingest``) on a fresh checkout.
+"""
 
 from kedro.pipeline import Pipeline, node
 
-from taoflow.pipelines.ingest.nodes import build_prompts, fetch_new_traces, parse_sources
+from taoflow.pipelines.ingest.nodes import build_prompts, take_new_traces
+from taoflow.pipelines.ingest.parsing import parse_sources
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                fetch_new_traces,
-                inputs=["params:ingest.traces", "ingest_traces_watermark"],
+                take_new_traces,
+                inputs=["ingest_new_traces", "ingest_traces_watermark", "params:ingest.traces"],
                 # The trace log is saved before the watermark moves past it.
                 outputs=["ingest_trace_requests", "ingest_traces_watermark_next"],
                 name="fetch_new_traces",
@@ -23,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 build_prompts,
-                inputs=["ingest_rows", "params:ingest", "params:model", "params:seed"],
+                inputs=["ingest_rows", "params:ingest", "base_tokenizer", "params:seed"],
                 outputs=["prompts", "ingest_rejects", "ingest_metrics"],
                 name="build_prompts",
             ),

@@ -1,4 +1,4 @@
-"""prepare_base: model reference → ``base_model``."""
+"""prepare_base: model reference → ``base_model`` and its tokenizer ``base_tokenizer``."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 prepare_base_model,
                 inputs="params:model",
-                outputs=["base_model", "base_model_metrics"],
+                outputs=["base_model", "base_tokenizer", "base_model_metrics"],
                 name="prepare_base_model",
             )
         ]

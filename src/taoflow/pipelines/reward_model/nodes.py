@@ -33,7 +33,7 @@ from taoflow.core.ids import seed_everything, stable_hash
 from taoflow.core.text import as_messages, coerce_messages, dedup_key
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.datasets.reward_model import RewardModel
-from taoflow.scoring_feedback import FEEDBACK_NAME, feedback_value, normalize_completion
+from taoflow.scoring.feedback import FEEDBACK_NAME, feedback_value, normalize_completion
 
 logger = logging.getLogger(__name__)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from taoflow.config.score import ScoreParams
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.scoring import score_candidates
 from taoflow.scoring.combine import REQUIRED_CANDIDATE_COLUMNS
@@ -29,7 +31,7 @@ def split_scorable(
     missing = [c for c in REQUIRED_CANDIDATE_COLUMNS if c not in candidates.columns]
     if missing:
         raise ValueError(
-            f"candidates lack column(s) {missing} (DESIGN.md contract); they have "
+            f"candidates lack column(s) {missing} (the candidates contract); they have "
             f"{list(candidates.columns)}"
         )
     frame = candidates.reset_index(drop=True)
@@ -78,11 +80,15 @@ def score(
     candidates: pd.DataFrame,
     prompts: pd.DataFrame,
     rejects: pd.DataFrame,
-    config: dict[str, Any],
-    task: dict[str, Any],
+    config: ScoreParams,
+    task: Mapping[str, Any],
     credentials: dict[str, Any] | None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """Scored candidates and their label-free metrics (step = the round)."""
+    """Scored candidates and their label-free metrics (step = the round).
+
+    ``task`` is not typed as ``TaskParams`` on purpose: Kedro replaces a typed parameter for
+    every node of the run, and nodes of other stages still read ``params:task`` as a mapping.
+    """
     if candidates.empty:
         raise ValueError("no scorable candidates: see score_rejects for why each was rejected")
     scored, summary = score_candidates(candidates, prompts, config, task, credentials)

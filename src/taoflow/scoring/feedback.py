@@ -1,15 +1,14 @@
-"""User feedback as a partial reward: the ``feedback`` scorer and the ``served`` candidates.
+"""User feedback as a partial reward: the ``feedback`` scorer.
 
 Closing the loop: ``taoflow serve`` records each answer as an MLflow trace and users rate some of
 them (``POST /v1/feedback``); ingest's traces source turns the traces into prompts whose ``meta``
 JSON carries ``{"trace_id", "served_response", "model_version", "feedback": [{"name", "value",
 "source", "rationale"}]}``.
 
-* :func:`add_served_candidates` (a node) appends each rated served response to the round's
-  candidates as ``strategy="served"``, carrying the user's score in ``feedback_score``;
-* :class:`FeedbackScorer` (score config ``type: taoflow.scoring_feedback:FeedbackScorer``) gives
-  candidates that *are* the served response (normalised text, or the same final answer with
-  ``match: answer``) the user's score, and every other candidate ``neutral``.
+:class:`FeedbackScorer` (score config ``type: taoflow.scoring.feedback:FeedbackScorer``) gives
+candidates that *are* the served response (normalised text, or the same final answer with
+``match: answer``) the user's score, and every other candidate ``neutral``. A candidate row with
+``strategy="served"`` and a ``feedback_score`` carries the user's score itself.
 
 Why a neutral value instead of NaN: the score stage requires finite scores, and a value that is
 the same for every unmatched candidate shifts their rewards equally, so group-normalised
@@ -29,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from taoflow.core.answers import answers_match, extract_answer
-from taoflow.core.ids import stable_hash
 from taoflow.core.text import normalize_text
 from taoflow.scoring.base import GroupScorer, ScoreResult
 
@@ -82,7 +80,7 @@ class FeedbackScorer(GroupScorer):
 
     The served response and its score come from a ``meta`` column when the frame carries the
     prompts' meta, else from this group's ``strategy == "served"`` rows and their
-    ``feedback_score`` (what :func:`add_served_candidates` adds). ``match``: ``text``
+    ``feedback_score``. ``match``: ``text``
     (normalised, case-folded text equality) or ``answer`` (same final answer under the task's
     extractor — a thumbs-down then also marks every candidate repeating the wrong answer).
     Extra column ``matched``; metrics: groups with feedback, matched candidates.
@@ -147,54 +145,3 @@ class FeedbackScorer(GroupScorer):
             "matched": float(self._matched),
         }
         return result
-
-
-def add_served_candidates(
-    candidates: pd.DataFrame, prompts: pd.DataFrame, config: dict[str, Any] | None = None
-) -> pd.DataFrame:
-    """Append each prompt's served response (with feedback) to the round's candidates.
-
-    Rows follow the candidates contract with ``strategy="served"``; what the generating policy
-    cannot tell about a response it did not sample is missing rather than invented:
-    ``temperature``/``logprob`` are NaN and ``seed`` is -1 (recompute log-probs before a
-    trainer that needs them). ``feedback_score`` holds the user's score (NaN on generated rows).
-    ``config``: ``only_with_feedback`` (default true: unrated answers add no signal),
-    ``feedback_name`` (default ``user_feedback``).
-    """
-    config = dict(config or {})
-    only_rated = bool(config.get("only_with_feedback", True))
-    name = config.get("feedback_name", FEEDBACK_NAME)
-    out = candidates.copy()
-    if "feedback_score" not in out.columns:
-        out["feedback_score"] = np.nan
-    if "meta" not in prompts.columns or prompts.empty:
-        return out
-    round_no = int(candidates["round"].iloc[0]) if len(candidates) else 1
-    known = set(candidates["prompt_id"])
-    rows = []
-    for prompt_id, meta in zip(prompts["prompt_id"], prompts["meta"], strict=True):
-        served, value = served_feedback(meta, name)
-        if served is None or prompt_id not in known or (only_rated and value is None):
-            continue
-        trace_id = parse_meta(meta).get("trace_id")
-        rows.append(
-            {
-                "prompt_id": prompt_id,
-                "candidate_id": stable_hash([prompt_id, SERVED_STRATEGY, trace_id, served]),
-                "round": round_no,
-                "strategy": SERVED_STRATEGY,
-                "temperature": np.nan,
-                "seed": -1,
-                "completion": served,
-                "n_tokens": np.nan,
-                "finish_reason": "stop",
-                "logprob": np.nan,
-                "feedback_score": np.nan if value is None else value,
-            }
-        )
-    if not rows:
-        return out
-    served_frame = pd.DataFrame(rows)
-    return pd.concat(
-        [out, served_frame[[c for c in out.columns if c in served_frame]]], ignore_index=True
-    )

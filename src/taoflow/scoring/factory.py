@@ -1,4 +1,4 @@
-"""Scorer registry: YAML ``type`` → scorer object.
+"""Scorer factory: a scorer entry of the ``score`` block (``type``) → a scorer object.
 
 ``type`` is a built-in name (``majority_vote``, ``format``, ...) or a Python path
 ``pkg.module:Attr`` to a user class (instantiated with the entry's extra keys) or a plain
