@@ -3,7 +3,6 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
 from taoflow.pipelines.generate.nodes import collect_candidates, generate_candidates
-from taoflow.pipelines.prepare_base import create_pipeline as create_prepare_base
 
 SHARED_PARAMETERS = {
     "params:generate": "params:generate",
@@ -33,11 +32,10 @@ def create_template(**kwargs) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """Stand-alone ``kedro run --pipeline generate``: prepare the base model, then round 1."""
-    round_1 = pipeline(
+    """Stand-alone ``kedro run --pipeline generate``: round 1 from the base model."""
+    return pipeline(
         create_template(),
         namespace="round_1",
         inputs={"prompts": "prompts", "input_policy": "base_model"},
         parameters=SHARED_PARAMETERS,
     )
-    return create_prepare_base() + round_1

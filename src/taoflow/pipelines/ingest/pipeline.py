@@ -1,7 +1,7 @@
 """ingest: usage files + new MLflow traces → ``prompts``, ``ingest_rejects``, ``ingest_metrics``.
 
-Token lengths use ``base_tokenizer``, which ``prepare_base`` writes: run both
-(``kedro run --pipelines prepare_base,ingest``) on a fresh checkout.
+Token lengths use ``base_tokenizer``, which ``prepare_base`` writes (the registered ``ingest``
+pipeline runs it first).
 """
 
 from kedro.pipeline import Pipeline, node
