@@ -20,12 +20,12 @@ BLOCKS: dict[str, str] = {
     "ingest": "taoflow.config.base:UntypedBlock",
     "generate": "taoflow.config.base:UntypedBlock",
     "score": "taoflow.config.base:UntypedBlock",
-    "train": "taoflow.config.base:UntypedBlock",
+    "train": "taoflow.config.train:TrainParams",
     "health": "taoflow.config.base:UntypedBlock",
     "evaluate": "taoflow.config.base:UntypedBlock",
     "audit": "taoflow.config.base:UntypedBlock",
-    "sft_oracle": "taoflow.config.base:UntypedBlock",
-    "reward_model": "taoflow.config.base:UntypedBlock",
+    "sft_oracle": "taoflow.config.sft_oracle:SftOracleParams",
+    "reward_model": "taoflow.config.reward_model:RewardModelParams",
     "serve": "taoflow.config.base:UntypedBlock",
 }
 

@@ -9,58 +9,29 @@ evaluated beside TAO.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from taoflow.config.sft_oracle import TRAINER_ALGORITHM, SftOracleParams
+from taoflow.config.shared import TaskParams
+from taoflow.config.train import TrainParams
 from taoflow.core.answers import answers_match, extract_answer
 from taoflow.core.gold import find_gold, gold_table
 from taoflow.core.ids import frame_hash
 from taoflow.core.text import as_messages, last_user_message
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
-from taoflow.training import TrainSettings, prompt_messages, train_policy
+from taoflow.training import prompt_messages, train_policy
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "sft_oracle"
-TRAINER_ALGORITHM = "rft"  # the SFTTrainer path of taoflow.training: prompt + completion rows
 ROUND = 1  # one round of training from the base model, like TAO's round_1
-MATCH_MODES = ("exact", "embedded")
-SETTINGS_KEYS = ("match", "completion_template", "output_dir", "trainer", "rft", "lora")
 EXAMPLE_COLUMNS = ["prompt_id", "prompt", "completion", "question", "gold_answer", "match"]
 REJECT_COLUMNS = ["prompt_id", "split", "user_message", "reason"]
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def sft_oracle_settings(
-    sft_oracle: dict[str, Any] | None, train: dict[str, Any] | None
-) -> TrainSettings:
-    """``params:train`` with the ``rft`` algorithm and ``params:sft_oracle``'s overrides applied.
-
-    The oracle inherits the train stage's trainer, rft (learning rate, epochs) and LoRA settings,
-    so it trains with TAO's budget unless an override says otherwise; its checkpoints go to their
-    own ``output_dir`` so they never clash with a TAO round's.
-    """
-    sft_oracle = dict(sft_oracle or {})
-    unknown = sorted(set(sft_oracle) - set(SETTINGS_KEYS))
-    if unknown:
-        raise ValueError(f"sft_oracle: unknown setting(s) {unknown}; known: {list(SETTINGS_KEYS)}")
-    merged = copy.deepcopy(dict(train or {}))
-    merged["algorithm"] = TRAINER_ALGORITHM
-    if sft_oracle.get("output_dir"):
-        merged["output_dir"] = str(sft_oracle["output_dir"])
-    for block in ("trainer", "rft", "lora"):
-        override = sft_oracle.get(block) or {}
-        if not isinstance(override, dict):
-            raise ValueError(f"sft_oracle.{block} must be a mapping, got {override!r}")
-        merged[block] = {**dict(merged.get(block) or {}), **override}
-    return TrainSettings.from_params(merged)
 
 
 # --------------------------------------------------------------------------- examples
@@ -69,10 +40,8 @@ def sft_oracle_settings(
 def build_sft_oracle_examples(
     prompts: pd.DataFrame,
     usage_gold: pd.DataFrame,
-    sft_oracle: dict[str, Any],
-    task: dict[str, Any],
-    *,
-    gold_path: str | None = None,
+    sft_oracle: SftOracleParams,
+    task: TaskParams,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
     """Train prompts + gold answers → SFT rows (``prompt`` chat, ``completion``) and rejects.
 
@@ -84,19 +53,13 @@ def build_sft_oracle_examples(
     wraps one gold question. Holdout prompts, prompts without a gold answer and answers the
     task's extractor could not read back go to the rejects, each with its reason.
     """
-    sft_oracle = dict(sft_oracle or {})
-    match = str(sft_oracle.get("match", "embedded"))
-    if match not in MATCH_MODES:
-        raise ValueError(f"sft_oracle.match={match!r}: choose one of {list(MATCH_MODES)}")
-    template = str(sft_oracle.get("completion_template", "{answer}"))
-    if "{answer}" not in template:
-        raise ValueError(f"sft_oracle.completion_template {template!r} must contain '{{answer}}'")
+    match, template = sft_oracle.match, sft_oracle.completion_template
     for column in ("prompt_id", "messages"):
         if column not in prompts.columns:
             raise ValueError(f"prompts: missing column {column!r}; has {list(prompts.columns)}")
-    gold = gold_table(usage_gold, gold_path)
+    gold = gold_table(usage_gold)
     keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
-    extractor = (task or {}).get("answer") or {}
+    extractor = task.answer
     splits = (
         prompts["split"].astype(str)
         if "split" in prompts.columns
@@ -125,7 +88,7 @@ def build_sft_oracle_examples(
                 if not answers_match(extract_answer(completion, extractor), answer):
                     reason = (
                         f"gold answer {answer!r} written as {completion!r} is not read back by "
-                        f"the task's answer extractor {extractor or 'last_number'}"
+                        f"the task's answer extractor {extractor.kind}"
                     )
         if reason is not None:
             rejects.append(
@@ -150,7 +113,7 @@ def build_sft_oracle_examples(
         reasons = rejects_df["reason"].value_counts().head(3).to_dict()
         raise ValueError(
             f"sft_oracle: none of the {n_train} train prompts has a usable gold answer in "
-            f"usage_gold{f' ({gold_path})' if gold_path else ''}; most common reasons: {reasons}"
+            f"usage_gold; most common reasons: {reasons}"
         )
     logger.info(
         "sft_oracle: %d examples from %d train prompts (%d embedded matches); %d rejected",
@@ -177,20 +140,20 @@ def build_sft_oracle_examples(
 def train_sft_oracle(
     sft_oracle_examples: pd.DataFrame,
     base_model: Policy,
-    sft_oracle: dict[str, Any],
-    train: dict[str, Any],
+    sft_oracle: SftOracleParams,
+    train: TrainParams,
     seed: int,
-) -> tuple[Policy, dict[str, dict[str, float]]]:
+) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on the gold examples with the train stage's trainer and budget.
 
     Reuses :func:`taoflow.training.train_policy` (TRL ``SFTTrainer``, completion-only loss,
-    LoRA, resumable checkpoints); per-step logs go to ``sft_oracle.trainer.*``. The lineage says
+    LoRA, resumable checkpoints); per-step curves are returned as ``sft_oracle.trainer.*``. The lineage says
     what it is (``algorithm: sft_oracle``, ``labels: gold``), so it is never mistaken for a
     label-free policy.
     """
-    settings = sft_oracle_settings(sft_oracle, train)
+    settings = sft_oracle.train_settings(train)
     data_hashes = {"sft_oracle_examples": frame_hash(sft_oracle_examples)}
-    policy, values = train_policy(
+    policy, values, curves = train_policy(
         base_model,
         sft_oracle_examples,
         settings,
@@ -208,4 +171,4 @@ def train_sft_oracle(
             "labels": "gold",
         }
     )
-    return policy, mlflow_metrics(values, prefix=ALGORITHM, step=ROUND)
+    return policy, {**mlflow_metrics(values, prefix=ALGORITHM, step=ROUND), **curves}
