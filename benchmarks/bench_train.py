@@ -103,10 +103,10 @@ def build_scored(prompts: pd.DataFrame, group_size: int, seed: int = 7) -> pd.Da
 
 def child(args: argparse.Namespace) -> None:
     """One configuration in a fresh process: train, print a JSON line."""
-    from taoflow.core.ids import frame_hash
-    from taoflow.models import load_policy
     from taoflow.config.shared import TaskParams
     from taoflow.config.train import TrainParams
+    from taoflow.core.ids import frame_hash
+    from taoflow.models import load_policy
     from taoflow.training import (
         build_examples,
         make_grpo_reward,

@@ -11,7 +11,6 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from taoflow.health import (
-    CollapseEarlyStopping,
     Verdict,
     copies_prompt,
     detect_collapse,
@@ -21,6 +20,7 @@ from taoflow.health import (
     promotion_blocked,
 )
 from taoflow.pipelines.health.nodes import compute_health, select_next_policy
+from taoflow.training import CollapseEarlyStopping
 
 TASK = {"answer": {"kind": "last_number"}}
 N_PROMPTS = 12
