@@ -218,23 +218,21 @@ def test_lora_targets_are_checked_before_training(tiny_model_dir, tmp_path):
 # ---------------------------------------------------------------- training with TRL (tiny model)
 
 
+def base_train() -> dict:
+    """conf/base's train block: the trainer knobs a run gets (TRL's defaults elsewhere)."""
+    import yaml
+
+    from tests.conftest import PROJECT_ROOT
+
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_train.yml").read_text())["train"]
+
+
 def tiny_params(tmp_path, algorithm: str, **extra) -> dict:
-    params = {
-        "algorithm": algorithm,
-        "output_dir": str(tmp_path / "ckpt"),
-        "trainer": {
-            "per_device_train_batch_size": 4,
-            "max_steps": 2,
-            "max_length": 64,
-            "use_cpu": True,  # not TRL's defaults: what conf/base sets
-            "bf16": False,
-        },
-        "grpo": {
-            "num_generations": 4,
-            "per_device_train_batch_size": 8,
-            "max_completion_length": 6,
-        },
-    }
+    """conf/base's train block, cut down to a few tiny steps."""
+    params = base_train()
+    params.update(algorithm=algorithm, output_dir=str(tmp_path / "ckpt"))
+    params["trainer"].update(per_device_train_batch_size=4, max_steps=2, max_length=64)
+    params["grpo"].update(num_generations=4, per_device_train_batch_size=8, max_completion_length=6)
     for key, value in extra.items():
         if isinstance(value, dict):
             params.setdefault(key, {}).update(value)
