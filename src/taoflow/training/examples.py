@@ -22,7 +22,9 @@ REJECT_COLUMNS = ["prompt_id", "candidate_id", "round", "reason"]
 def scored_round(scored: pd.DataFrame) -> int:
     """The single round the scored rows belong to (an error if they mix rounds or lack one)."""
     if "round" not in scored.columns:
-        raise ValueError("scored: column 'round' is missing (DESIGN.md {round}.scored contract)")
+        raise ValueError(
+            "scored: column 'round' is missing (every {round}.scored row names its round)"
+        )
     rounds = sorted({int(r) for r in scored["round"].dropna().unique()})
     if len(rounds) != 1:
         raise ValueError(f"scored: rows must come from one round, found rounds {rounds}")

@@ -19,8 +19,9 @@ def make_grpo_reward(
 
     ``score_fn(candidates, prompts) -> (scored, stats)`` is the scoring stage's
     ``CandidateScorer(score_config, task).score`` (see :func:`scoring_reward_fn`). GRPO hands over
-    each prompt's completions as one consecutive block; they become a candidates frame (DESIGN.md
-    contract) scored together, so group-level scorers such as the majority vote work.
+    each prompt's completions as one consecutive block; they become a candidates frame (the
+    generate stage's columns) scored together, so group-level scorers such as the majority vote
+    work.
     """
     prompt_frame = prompts[["prompt_id", "messages"]].copy()
     calls = {"n": 0}
