@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taoflow.config.reward_model import RewardModelParams
+from taoflow.config.reward_model import RewardModelParams, RewardTrainingParams
 from taoflow.core.ids import seed_everything, stable_hash
 from taoflow.core.text import as_messages, coerce_messages, dedup_key
 from taoflow.core.tracking import mlflow_metrics
@@ -279,30 +279,10 @@ def _accuracy(model: Any, tokenizer: Any, pairs: pd.DataFrame) -> float | None:
     return float(np.mean(chosen > rejected))
 
 
-def train_reward_model(
-    pairs: pd.DataFrame, reward_model: RewardModelParams, seed: int
-) -> tuple[RewardModel, dict[str, dict[str, float]]]:
-    """Fit a one-logit reward head with TRL ``RewardTrainer`` (Bradley–Terry loss) on ``pairs``.
-
-    Pairs longer than ``training.max_length`` tokens are counted (``too_long``), not silently
-    dropped by the trainer. Accuracy = share of pairs where chosen outscores rejected, on the
-    train and the held-out eval split.
-    """
-    from datasets import Dataset
+def _load_base(base: str, max_length: int) -> tuple[Any, Any]:
+    """Tokenizer (with a chat template and pad token) and a one-logit head on ``base``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
 
-    training = reward_model.training
-    min_pairs = reward_model.min_pairs
-    if len(pairs) < min_pairs:
-        raise ValueError(
-            f"reward_model: {len(pairs)} preference pair(s), need at least {min_pairs}. Serve the "
-            "model and collect feedback (taoflow serve, POST /v1/feedback), ingest it (kedro run "
-            "-p ingest), or enable reward_model.pairs.from_scored with a scored round."
-        )
-    base = _base_model_path(reward_model.base_model)
-    max_length = training.max_length
-    seed_everything(int(seed))
     tokenizer = AutoTokenizer.from_pretrained(base)
     _ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
@@ -313,13 +293,67 @@ def train_reward_model(
         base, num_labels=1, dtype=torch.float32, ignore_mismatched_sizes=True
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
 
-    def length(conversations: list[list[dict[str, str]]]) -> np.ndarray:
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-        return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
 
-    too_long = (length(_conversations(pairs, "chosen")) > max_length) | (
-        length(_conversations(pairs, "rejected")) > max_length
+def _token_lengths(tokenizer: Any, pairs: pd.DataFrame, which: str) -> np.ndarray:
+    """Tokens of each pair's conversation ending in its ``which`` answer, rendered as trained."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in _conversations(pairs, which)]
+    return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
+
+
+def _reward_config(training: RewardTrainingParams, scratch: str, seed: int) -> Any:
+    """TRL ``RewardConfig`` for a CPU run that keeps no checkpoints and reports nowhere."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=scratch,
+        num_train_epochs=float(training.num_train_epochs),
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=float(training.learning_rate),
+        weight_decay=float(training.weight_decay),
+        max_length=training.max_length,
+        center_rewards_coefficient=training.center_rewards_coefficient,
+        logging_steps=training.logging_steps,
+        seed=seed,
+        data_seed=seed,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=not training.progress,
+        dataloader_num_workers=0,
+    )
+
+
+def train_reward_model(
+    pairs: pd.DataFrame, reward_model: RewardModelParams, seed: int
+) -> tuple[RewardModel, dict[str, dict[str, float]]]:
+    """Fit a one-logit reward head with TRL ``RewardTrainer`` (Bradley–Terry loss) on ``pairs``.
+
+    Pairs longer than ``training.max_length`` tokens are counted (``too_long``), not silently
+    dropped by the trainer. Accuracy = share of pairs where chosen outscores rejected, on the
+    train and the held-out eval split.
+    """
+    from datasets import Dataset
+    from trl import RewardTrainer
+
+    training = reward_model.training
+    min_pairs = reward_model.min_pairs
+    if len(pairs) < min_pairs:
+        raise ValueError(
+            f"reward_model: {len(pairs)} preference pair(s), need at least {min_pairs}. Serve the "
+            "model and collect feedback (taoflow serve, POST /v1/feedback), ingest it (kedro run "
+            "-p ingest), or enable reward_model.pairs.from_scored with a scored round."
+        )
+    max_length = training.max_length
+    seed_everything(int(seed))
+    tokenizer, model = _load_base(_base_model_path(reward_model.base_model), max_length)
+    too_long = (_token_lengths(tokenizer, pairs, "chosen") > max_length) | (
+        _token_lengths(tokenizer, pairs, "rejected") > max_length
     )
     usable = pairs.loc[~too_long]
     train_pairs = usable[usable["split"] == "train"]
@@ -338,27 +372,7 @@ def train_reward_model(
         data["margin"] = [float(m) for m in train_pairs["margin"]]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="taoflow-rm-") as scratch:
-        args = RewardConfig(
-            output_dir=scratch,
-            num_train_epochs=float(training.num_train_epochs),
-            per_device_train_batch_size=training.per_device_train_batch_size,
-            gradient_accumulation_steps=training.gradient_accumulation_steps,
-            learning_rate=float(training.learning_rate),
-            weight_decay=float(training.weight_decay),
-            max_length=max_length,
-            center_rewards_coefficient=training.center_rewards_coefficient,
-            logging_steps=training.logging_steps,
-            seed=int(seed),
-            data_seed=int(seed),
-            bf16=False,
-            use_cpu=True,
-            gradient_checkpointing=False,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=not training.progress,
-            dataloader_num_workers=0,
-        )
+        args = _reward_config(training, scratch, int(seed))
         trainer = RewardTrainer(
             model=model,
             args=args,

@@ -53,13 +53,11 @@ def build_sft_oracle_examples(
     wraps one gold question. Holdout prompts, prompts without a gold answer and answers the
     task's extractor could not read back go to the rejects, each with its reason.
     """
-    match, template = sft_oracle.match, sft_oracle.completion_template
     for column in ("prompt_id", "messages"):
         if column not in prompts.columns:
             raise ValueError(f"prompts: missing column {column!r}; has {list(prompts.columns)}")
     gold = gold_table(usage_gold)
     keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
-    extractor = task.answer
     splits = (
         prompts["split"].astype(str)
         if "split" in prompts.columns
@@ -67,45 +65,24 @@ def build_sft_oracle_examples(
     )
 
     rows, rejects = [], []
-    counts = {"exact": 0, "embedded": 0}
     order = np.argsort(prompts["prompt_id"].astype(str).to_numpy(), kind="stable")
     for i in order:
         prompt_id = str(prompts["prompt_id"].iloc[i])
         split = str(splits.iloc[i])
         messages = as_messages(prompts["messages"].iloc[i])
         user = last_user_message(messages)
-        reason, key, answer, completion = None, None, None, None
         if split != "train":
             reason = f"{split} prompt (the oracle trains on the train split only)"
         elif user is None:
             reason = "no user message to look the gold answer up by"
         else:
-            key, answer, how = find_gold(user, gold, keys_by_length, match)
-            if key is None:
-                reason = how
-            else:
-                completion = template.format(answer=answer)
-                if not answers_match(extract_answer(completion, extractor), answer):
-                    reason = (
-                        f"gold answer {answer!r} written as {completion!r} is not read back by "
-                        f"the task's answer extractor {extractor.kind}"
-                    )
+            row, reason = _gold_example(user, gold, keys_by_length, sft_oracle, task)
         if reason is not None:
             rejects.append(
                 {"prompt_id": prompt_id, "split": split, "user_message": user, "reason": reason}
             )
             continue
-        counts[how] += 1
-        rows.append(
-            {
-                "prompt_id": prompt_id,
-                "prompt": prompt_messages(messages, task),
-                "completion": completion,
-                "question": key,
-                "gold_answer": answer,
-                "match": how,
-            }
-        )
+        rows.append({"prompt_id": prompt_id, "prompt": prompt_messages(messages, task), **row})
     examples = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
     rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS)
     n_train = int((splits == "train").sum())
@@ -115,11 +92,12 @@ def build_sft_oracle_examples(
             f"sft_oracle: none of the {n_train} train prompts has a usable gold answer in "
             f"usage_gold; most common reasons: {reasons}"
         )
+    n_embedded = int((examples["match"] == "embedded").sum())
     logger.info(
         "sft_oracle: %d examples from %d train prompts (%d embedded matches); %d rejected",
         len(examples),
         n_train,
-        counts["embedded"],
+        n_embedded,
         len(rejects_df),
     )
     values = {
@@ -127,11 +105,31 @@ def build_sft_oracle_examples(
         "n_train_prompts": n_train,
         "n_examples": len(examples),
         "n_rejects": len(rejects_df),
-        "n_embedded_matches": counts["embedded"],
+        "n_embedded_matches": n_embedded,
         "gold_coverage": len(examples) / n_train if n_train else 0.0,
         "n_gold": len(gold),
     }
     return examples, rejects_df, mlflow_metrics(values, prefix="sft_oracle.data", step=ROUND)
+
+
+def _gold_example(
+    user: str,
+    gold: pd.Series,
+    keys_by_length: list[str],
+    sft_oracle: SftOracleParams,
+    task: TaskParams,
+) -> tuple[dict[str, str], None] | tuple[None, str]:
+    """A train prompt's gold columns (completion, question, answer, how matched), or why not."""
+    key, answer, how = find_gold(user, gold, keys_by_length, sft_oracle.match)
+    if key is None:
+        return None, how
+    completion = sft_oracle.completion_template.format(answer=answer)
+    if not answers_match(extract_answer(completion, task.answer), answer):
+        return None, (
+            f"gold answer {answer!r} written as {completion!r} is not read back by "
+            f"the task's answer extractor {task.answer.kind}"
+        )
+    return {"completion": completion, "question": key, "gold_answer": answer, "match": how}, None
 
 
 # --------------------------------------------------------------------------- training
