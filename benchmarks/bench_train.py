@@ -103,10 +103,11 @@ def build_scored(prompts: pd.DataFrame, group_size: int, seed: int = 7) -> pd.Da
 
 def child(args: argparse.Namespace) -> None:
     """One configuration in a fresh process: train, print a JSON line."""
+    from taoflow.config.shared import TaskParams
+    from taoflow.config.train import TrainParams
     from taoflow.core.ids import frame_hash
     from taoflow.models import load_policy
     from taoflow.training import (
-        TrainSettings,
         build_examples,
         make_grpo_reward,
         peak_rss_mb,
@@ -126,27 +127,29 @@ def child(args: argparse.Namespace) -> None:
     train["output_dir"] = args.workdir
     scored = pd.read_parquet(args.scored)
     prompts = pd.read_parquet(args.prompts)
-    full = TrainSettings.from_params(train)
-    examples, rejects = build_examples(scored, prompts, full, params["task"])
-    t = full.trainer
+    task = TaskParams.model_validate(params["task"])
+    full = TrainParams.model_validate(train)
+    examples, rejects = build_examples(scored, prompts, full, task)
     if args.algorithm == "grpo":
-        full_steps = full.grpo.max_steps
+        full_steps = full.effective("max_steps")
         cap = args.grpo_steps
     else:
-        per_epoch = math.ceil(len(examples) / t.per_device_train_batch_size)
-        per_epoch = math.ceil(per_epoch / t.gradient_accumulation_steps)
-        full_steps = math.ceil(per_epoch * full.algo.num_train_epochs)
+        per_epoch = math.ceil(len(examples) / full.effective("per_device_train_batch_size"))
+        per_epoch = math.ceil(per_epoch / full.effective("gradient_accumulation_steps"))
+        full_steps = math.ceil(per_epoch * full.effective("num_train_epochs"))
         cap = args.max_steps
     train["trainer"]["max_steps"] = min(cap, full_steps)
     train["trainer"]["save_steps"] = 10_000  # no mid-run checkpoint: saving is not timed here
-    settings = TrainSettings.from_params(train)
+    settings = TrainParams.model_validate(train)
     start = time.perf_counter()
     policy = load_policy("embedded", cache_dir=str(ROOT / "data/06_models"))
     load_s = time.perf_counter() - start
     scorer = reward_fn = None
     if args.algorithm == "grpo":
-        scorer = scoring_reward_fn(_conf("parameters_score.yml")["score"], params["task"])
-        reward_fn = make_grpo_reward(scorer.score, prompts, 1, settings.grpo.max_completion_length)
+        scorer = scoring_reward_fn(_conf("parameters_score.yml")["score"], task)
+        reward_fn = make_grpo_reward(
+            scorer.score, prompts, 1, settings.effective("max_completion_length")
+        )
 
     step_times: list[float] = []
     from transformers import TrainerCallback
@@ -159,7 +162,7 @@ def child(args: argparse.Namespace) -> None:
             step_times.append(time.perf_counter() - self.t0)
 
     start = time.perf_counter()
-    _, metrics = train_policy(
+    _, metrics, _ = train_policy(
         policy,
         examples,
         settings,

@@ -9,15 +9,20 @@ import pandas as pd
 import pytest
 import yaml
 
+from taoflow.config.base import ParameterError, validate_block
 from taoflow.config.evaluate import EvaluateParams
+from taoflow.config.sft_oracle import SftOracleParams
 from taoflow.config.shared import TaskParams
+from taoflow.config.train import TrainParams
 from taoflow.core.gold import format_gold_answer
 from taoflow.core.ids import stable_hash
 from taoflow.evaluation.best_of_n import best_of_n_settings, pick_best
 from taoflow.pipelines.evaluate.nodes import compute_eval_results, select_best_of_n
-from taoflow.pipelines.sft_oracle.nodes import build_sft_oracle_examples, sft_oracle_settings
+from taoflow.pipelines.sft_oracle.nodes import build_sft_oracle_examples
 
 TASK = {"system_prompt": "Answer with the final number only.", "answer": {"kind": "last_number"}}
+TASK_PARAMS = TaskParams.model_validate(TASK)
+ORACLE = SftOracleParams()
 Q = "State the final answer to the following arithmetic problem: {} ="
 SCORE = {
     "scorers": [
@@ -69,7 +74,7 @@ def _gold() -> pd.DataFrame:
 
 def test_sft_examples_join_gold_by_question_with_the_task_framing():
     prompts = _prompts()
-    examples, rejects, metrics = build_sft_oracle_examples(prompts, _gold(), {}, TASK)
+    examples, rejects, metrics = build_sft_oracle_examples(prompts, _gold(), ORACLE, TASK_PARAMS)
     by_id = examples.set_index("prompt_id")
     pid = prompts["prompt_id"]
     assert set(by_id.index) == {pid[0], pid[1], pid[4]}
@@ -90,32 +95,34 @@ def test_sft_examples_join_gold_by_question_with_the_task_framing():
     assert metrics["sft_oracle.data.gold_coverage"]["value"] == pytest.approx(3 / 4)
 
     # exact matching refuses the wrapped question; a template must stay readable by the task
-    _, strict, _ = build_sft_oracle_examples(prompts, _gold(), {"match": "exact"}, TASK)
+    _, strict, _ = build_sft_oracle_examples(
+        prompts, _gold(), SftOracleParams(match="exact"), TASK_PARAMS
+    )
     assert pid[1] in set(strict["prompt_id"])
-    boxed = {"answer": {"kind": "boxed"}}
+    boxed = TaskParams.model_validate({"answer": {"kind": "boxed"}})
     with pytest.raises(ValueError, match="none of the 4 train prompts.*not read back"):
-        build_sft_oracle_examples(prompts, _gold(), {}, boxed)
+        build_sft_oracle_examples(prompts, _gold(), ORACLE, boxed)
     examples, _, _ = build_sft_oracle_examples(
-        prompts, _gold(), {"completion_template": "\\boxed{{{answer}}}"}, boxed
+        prompts, _gold(), SftOracleParams(completion_template="\\boxed{{{answer}}}"), boxed
     )
     assert sorted(examples["completion"]) == ["\\boxed{-2}", "\\boxed{4}", "\\boxed{7}"]
 
 
-def test_bad_gold_rows_are_errors_naming_file_line_and_field():
+def test_bad_gold_rows_are_errors_naming_dataset_line_and_field():
     conflicting = pd.concat(
         [_gold(), pd.DataFrame({"question": [Q.format("3 + 4")], "answer": ["8"]})]
     )
-    with pytest.raises(ValueError, match=r"gold\.jsonl\).*line 5.*'8'.*line 1"):
-        build_sft_oracle_examples(_prompts(), conflicting, {}, TASK, gold_path="gold.jsonl")
+    with pytest.raises(ValueError, match=r"usage_gold: line 5.*'8'.*line 1"):
+        build_sft_oracle_examples(_prompts(), conflicting, ORACLE, TASK_PARAMS)
     agreeing = pd.concat([_gold(), pd.DataFrame({"question": [Q.format("3 + 4")], "answer": [7]})])
-    assert len(build_sft_oracle_examples(_prompts(), agreeing, {}, TASK)[0]) == 3
+    assert len(build_sft_oracle_examples(_prompts(), agreeing, ORACLE, TASK_PARAMS)[0]) == 3
     empty = _gold().assign(answer=["7", None, "2", "-2"])
     with pytest.raises(ValueError, match=r"line\(s\) \[2\] have an empty 'answer'"):
-        build_sft_oracle_examples(_prompts(), empty, {}, TASK)
+        build_sft_oracle_examples(_prompts(), empty, ORACLE, TASK_PARAMS)
     with pytest.raises(ValueError, match=r"no column\(s\) \['answer'\]"):
-        build_sft_oracle_examples(_prompts(), _gold()[["question"]], {}, TASK)
+        build_sft_oracle_examples(_prompts(), _gold()[["question"]], ORACLE, TASK_PARAMS)
     with pytest.raises(ValueError, match="none of the 4 train prompts"):
-        build_sft_oracle_examples(_prompts(), _gold().iloc[2:3], {}, TASK)
+        build_sft_oracle_examples(_prompts(), _gold().iloc[2:3], ORACLE, TASK_PARAMS)
     assert [format_gold_answer(a) for a in ("1,000", " -3 ", "2.50", "Paris")] == [
         "1000",
         "-3",
@@ -131,22 +138,22 @@ def test_sft_oracle_trains_with_the_train_stage_budget_unless_overridden():
         "rft": {"learning_rate": 1.0e-5, "num_train_epochs": 3},
         "lora": {"enabled": True, "r": 4},
     }
-    settings = sft_oracle_settings({}, train)
+    train = TrainParams.model_validate(train)
+    settings = ORACLE.train_settings(train)
     assert settings.algorithm == "rft"  # SFT on gold, whatever TAO's algorithm
     assert settings.rft.learning_rate == 1.0e-5 and settings.rft.num_train_epochs == 3
     assert settings.trainer.per_device_train_batch_size == 4 and settings.lora.r == 4
-    override = sft_oracle_settings(
-        {"output_dir": "ckpt/oracle", "trainer": {"max_steps": 5}, "rft": {"learning_rate": 2e-5}},
-        train,
-    )
+    override = SftOracleParams.model_validate(
+        {"output_dir": "ckpt/oracle", "trainer": {"max_steps": 5}, "rft": {"learning_rate": 2e-5}}
+    ).train_settings(train)
     assert override.output_dir == "ckpt/oracle" and override.trainer.max_steps == 5
     assert override.rft.learning_rate == 2e-5 and override.rft.num_train_epochs == 3
     assert override.trainer.max_length == 96
-    assert train["trainer"] == {"per_device_train_batch_size": 4, "max_length": 96}  # not mutated
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['epochs'\]"):
-        sft_oracle_settings({"epochs": 3}, train)
-    with pytest.raises(ValueError, match="train.trainer: unknown"):
-        sft_oracle_settings({"trainer": {"max_stepz": 1}}, train)
+    assert train.trainer.passthrough() == {"per_device_train_batch_size": 4, "max_length": 96}
+    with pytest.raises(ParameterError, match=r"unknown parameter 'sft_oracle.epochs'"):
+        validate_block("sft_oracle", {"epochs": 3})
+    with pytest.raises(ParameterError, match=r"'sft_oracle.trainer.max_stepz'; did you mean"):
+        validate_block("sft_oracle", {"trainer": {"max_stepz": 1}})
 
 
 def test_sft_oracle_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from taoflow.config.reward_model import RewardModelParams
 from taoflow.pipelines.reward_model.nodes import (
     assemble_pairs,
     feedback_preference_pairs,
@@ -86,35 +87,41 @@ def scored_and_prompts(n: int = 12) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(prompts)
 
 
+def RM(values: dict) -> RewardModelParams:  # noqa: N802 - reads like the model it builds
+    return RewardModelParams.model_validate(values)
+
+
 def test_feedback_pairs_need_a_rating_gap_on_the_same_prompt():
-    pairs = feedback_preference_pairs({"0001": trace_log}, {"pairs": {"min_feedback_gap": 0.5}})
+    pairs = feedback_preference_pairs({"0001": trace_log}, RM({"pairs": {"min_feedback_gap": 0.5}}))
     assert pairs[["chosen", "rejected", "source"]].values.tolist() == [["4", "5", "feedback"]]
     assert pairs["margin"].tolist() == [1.0]
     assert json.loads(pairs["messages"].iloc[0]) == [
         {"role": "user", "content": QUESTION.format(3)}
     ]
     assert "t1" in pairs["location"].iloc[0] and "t2" in pairs["location"].iloc[0]
-    looser = feedback_preference_pairs({"0001": trace_log}, {"pairs": {"min_feedback_gap": 0.1}})
+    looser = feedback_preference_pairs(
+        {"0001": trace_log}, RM({"pairs": {"min_feedback_gap": 0.1}})
+    )
     assert len(looser) == 2
-    off = feedback_preference_pairs({"0001": trace_log}, {"pairs": {"from_feedback": False}})
+    off = feedback_preference_pairs({"0001": trace_log}, RM({"pairs": {"from_feedback": False}}))
     assert off.empty and list(off.columns) == list(pairs.columns)
 
 
 def test_scored_pairs_take_best_vs_worst_distinct_answers():
     scored, prompts = scored_and_prompts(2)
-    pairs = scored_preference_pairs(scored, prompts, {"pairs": {"max_pairs_per_prompt": 3}})
+    pairs = scored_preference_pairs(scored, prompts, RM({"pairs": {"max_pairs_per_prompt": 3}}))
     # Per prompt: best vs worst ("banana"); "1 " equals the best answer once normalised: skipped.
     assert pairs[["chosen", "rejected"]].values.tolist() == [["1", "banana"], ["2", "banana"]]
     assert set(pairs["source"]) == {"scored"}
-    strict = scored_preference_pairs(scored, prompts, {"pairs": {"min_reward_gap": 2.0}})
+    strict = scored_preference_pairs(scored, prompts, RM({"pairs": {"min_reward_gap": 2.0}}))
     assert strict.empty
     with pytest.raises(ValueError, match="not in prompts"):
-        scored_preference_pairs(scored, prompts.iloc[:1], {})
+        scored_preference_pairs(scored, prompts.iloc[:1], RM({}))
 
 
 def test_split_is_by_prompt_and_stable():
     scored, prompts = scored_and_prompts(40)
-    config = {"pairs": {"eval_fraction": 0.3}}
+    config = RM({"pairs": {"eval_fraction": 0.3}})
     pairs = assemble_pairs(scored_preference_pairs(scored, prompts, config), config)
     assert 0 < (pairs["split"] == "eval").sum() < len(pairs)
     assert pairs.groupby("prompt_key")["split"].nunique().max() == 1
@@ -125,9 +132,9 @@ def test_split_is_by_prompt_and_stable():
 
 def test_too_few_pairs_is_a_clear_error(tiny_encoder):
     scored, prompts = scored_and_prompts(1)
-    pairs = assemble_pairs(scored_preference_pairs(scored, prompts, {}), {})
+    pairs = assemble_pairs(scored_preference_pairs(scored, prompts, RM({})), RM({}))
     with pytest.raises(ValueError, match="collect feedback"):
-        train_reward_model(pairs, {"base_model": str(tiny_encoder), "min_pairs": 4}, seed=0)
+        train_reward_model(pairs, RM({"base_model": str(tiny_encoder), "min_pairs": 4}), seed=0)
 
 
 def test_reward_model_pipeline_trains_saves_and_scores(kedro_project, tiny_encoder):

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from transformers import TrainerCallback
 
+from taoflow.config.base import ParameterError, validate_block
+from taoflow.config.shared import TaskParams
+from taoflow.config.train import DPOParams, KTOParams, RFTParams, TrainParams
 from taoflow.core.ids import frame_hash
 from taoflow.datasets import MlflowPolicyDataset, PolicyDataset
 from taoflow.models import load_policy
 from taoflow.training import (
-    DPOSettings,
-    KTOSettings,
-    RFTSettings,
-    TrainSettings,
     build_dpo_pairs,
     build_examples,
     build_kto_examples,
@@ -28,7 +25,7 @@ from taoflow.training import (
     train_policy,
 )
 
-TASK = {"system_prompt": "Answer with the final number only."}
+TASK = TaskParams(system_prompt="Answer with the final number only.")
 
 
 def make_prompts(n: int = 4) -> pd.DataFrame:
@@ -80,7 +77,7 @@ def test_dpo_pairs_respect_margin_ties_and_zero_signal():
             "p3": [0.0, 1.1, 0.1, 1.0],  # best is c1, worst is c0
         }
     )
-    settings = DPOSettings(min_margin=0.5, pairs_per_prompt=2)
+    settings = DPOParams.model_validate({"min_margin": 0.5, "pairs_per_prompt": 2})
     pairs, rejects = build_dpo_pairs(scored, make_prompts(), settings, TASK)
     assert set(pairs["prompt_id"]) == {"p0", "p3"}
     assert (pairs["chosen_reward"] - pairs["rejected_reward"] >= 0.5).all()
@@ -96,7 +93,7 @@ def test_dpo_pairs_respect_margin_ties_and_zero_signal():
     assert (rejects.loc[rejects["prompt_id"] == "p1", "reason"] == "zero-signal group").all()
     assert rejects.loc[rejects["prompt_id"] == "p2", "reason"].str.contains("min_margin").all()
     # prompts are framed with the task's system prompt, completions as assistant text
-    assert pairs["prompt"].iloc[0][0] == {"role": "system", "content": TASK["system_prompt"]}
+    assert pairs["prompt"].iloc[0][0] == {"role": "system", "content": TASK.system_prompt}
     used = set(pairs["chosen_id"]) | set(pairs["rejected_id"])
     assert accounted(scored, used, rejects)
     shuffled = scored.sample(frac=1.0, random_state=3)
@@ -108,7 +105,9 @@ def test_dpo_never_pairs_equal_rewards_even_with_zero_margin():
     scored = make_scored({"p0": [1.0, 1.0, 0.0]})
     scored["zero_signal"] = False
     pairs, _ = build_dpo_pairs(
-        scored, make_prompts(1), DPOSettings(min_margin=0.0, pairs_per_prompt=3)
+        scored,
+        make_prompts(1),
+        DPOParams.model_validate({"min_margin": 0.0, "pairs_per_prompt": 3}),
     )
     assert len(pairs) == 1 and (pairs["chosen_reward"] > pairs["rejected_reward"]).all()
 
@@ -116,7 +115,9 @@ def test_dpo_never_pairs_equal_rewards_even_with_zero_margin():
 def test_dpo_keeps_truncated_candidates_out_of_chosen():
     scored = make_scored({"p0": [1.0, 0.9, 0.0]})
     scored.loc[0, "finish_reason"] = "length"
-    pairs, _ = build_dpo_pairs(scored, make_prompts(1), DPOSettings(min_margin=0.5))
+    pairs, _ = build_dpo_pairs(
+        scored, make_prompts(1), DPOParams.model_validate({"min_margin": 0.5})
+    )
     assert pairs["chosen_id"].tolist() == ["p0-c1"]
 
 
@@ -124,7 +125,7 @@ def test_unusable_rows_are_rejected_with_reasons():
     prompts = make_prompts(3)
     prompts.loc[2, "split"] = "holdout"
     scored = make_scored({"p0": [1.0, 0.0, float("nan")], "p2": [1.0, 0.0], "px": [1.0, 0.0]})
-    pairs, rejects = build_dpo_pairs(scored, prompts, DPOSettings())
+    pairs, rejects = build_dpo_pairs(scored, prompts, DPOParams())
     reasons = rejects.set_index("candidate_id")["reason"]
     assert reasons["p0-c2"] == "reward is missing/NaN"
     assert reasons["p2-c0"].startswith("holdout prompt")
@@ -134,11 +135,13 @@ def test_unusable_rows_are_rejected_with_reasons():
 
 def test_rft_keeps_top_k_above_threshold_and_kto_labels_by_reward():
     scored = make_scored({"p0": [1.0, 0.2, 1.1, 0.9], "p1": [0.0, 0.0, 0.0, 0.0]})
-    rft, rejects = build_rft_examples(scored, make_prompts(), RFTSettings(min_reward=0.5, top_k=2))
+    rft, rejects = build_rft_examples(
+        scored, make_prompts(), RFTParams.model_validate({"min_reward": 0.5, "top_k": 2})
+    )
     assert rft["candidate_id"].tolist() == ["p0-c2", "p0-c0"]
     assert accounted(scored, set(rft["candidate_id"]), rejects)
     kto, rejects = build_kto_examples(
-        scored, make_prompts(), KTOSettings(threshold=0.5, max_per_prompt=2)
+        scored, make_prompts(), KTOParams.model_validate({"threshold": 0.5, "max_per_prompt": 2})
     )
     assert kto.groupby("prompt_id")["label"].apply(list).to_dict() == {
         "p0": [True, False],  # best and worst of the group
@@ -147,37 +150,38 @@ def test_rft_keeps_top_k_above_threshold_and_kto_labels_by_reward():
     assert accounted(scored, set(kto["candidate_id"]), rejects)
 
 
-def test_parameters_file_parses_and_matches_the_documented_defaults():
+def test_parameters_file_and_every_experiment_env_validate():
     import yaml
 
     from tests.conftest import PROJECT_ROOT
 
     params = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_train.yml").read_text())
-    assert TrainSettings.from_params(params["train"]) == TrainSettings()
+    TrainParams.model_validate(params["train"])
     for env in ("dpo", "rft", "kto", "grpo", "lora"):
         override = yaml.safe_load((PROJECT_ROOT / f"conf/{env}/parameters_train.yml").read_text())
         merged = {**params["train"], **override["train"]}
         for key, block in override["train"].items():
             if isinstance(block, dict):
                 merged[key] = {**params["train"][key], **block}
-        TrainSettings.from_params(merged)  # every experiment env is a valid configuration
+        TrainParams.model_validate(merged)  # every experiment env is a valid configuration
 
 
 # ---------------------------------------------------------------- fail fast, before compute
 
 
 def test_bad_configurations_fail_fast_with_clear_messages(tiny_policy):
-    with pytest.raises(ValueError, match="not supported"):
-        TrainSettings.from_params({"algorithm": "ppo"})
-    with pytest.raises(ValueError, match=r"train.dpo: unknown setting\(s\) \['bta'\]"):
-        TrainSettings.from_params({"algorithm": "dpo", "dpo": {"bta": 0.1}})
-    with pytest.raises(ValueError, match="multiple of num_generations"):
-        TrainSettings.from_params(
-            {"algorithm": "grpo", "grpo": {"num_generations": 3, "per_device_train_batch_size": 8}}
+    with pytest.raises(ParameterError, match="train.algorithm"):
+        validate_block("train", {"algorithm": "ppo"})
+    with pytest.raises(ParameterError, match=r"'train.dpo.bta'; did you mean 'beta'"):
+        validate_block("train", {"algorithm": "dpo", "dpo": {"bta": 0.1}})
+    with pytest.raises(ParameterError, match="multiple of num_generations"):
+        validate_block(
+            "train",
+            {"algorithm": "grpo", "grpo": {"num_generations": 3, "per_device_train_batch_size": 8}},
         )
     flat = make_scored({"p0": [1.0, 0.9], "p1": [0.5, 0.5]})
     with pytest.raises(ValueError, match="no preference pairs.*min_margin=0.5"):
-        build_examples(flat, make_prompts(), TrainSettings.from_params({"algorithm": "dpo"}))
+        build_examples(flat, make_prompts(), TrainParams.model_validate({"algorithm": "dpo"}))
     with pytest.raises(ValueError, match=r"\['qkv'\] match no module.*q_proj"):
         check_lora_targets(tiny_policy.model, ["q_proj", "qkv"])
     check_lora_targets(tiny_policy.model, ["q_proj", "v_proj"])
@@ -194,7 +198,7 @@ def test_scored_data_from_another_policy_is_refused():
 
 
 def test_lora_targets_are_checked_before_training(tiny_model_dir, tmp_path):
-    settings = TrainSettings.from_params(
+    settings = TrainParams.model_validate(
         {"output_dir": str(tmp_path), "lora": {"enabled": True, "target_modules": ["nope"]}}
     )
     scored = make_scored({"p0": [1.0, 0.0]})
@@ -214,17 +218,21 @@ def test_lora_targets_are_checked_before_training(tiny_model_dir, tmp_path):
 # ---------------------------------------------------------------- training with TRL (tiny model)
 
 
+def base_train() -> dict:
+    """conf/base's train block: the trainer knobs a run gets (TRL's defaults elsewhere)."""
+    import yaml
+
+    from tests.conftest import PROJECT_ROOT
+
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_train.yml").read_text())["train"]
+
+
 def tiny_params(tmp_path, algorithm: str, **extra) -> dict:
-    params = {
-        "algorithm": algorithm,
-        "output_dir": str(tmp_path / "ckpt"),
-        "trainer": {"per_device_train_batch_size": 4, "max_steps": 2, "max_length": 64},
-        "grpo": {
-            "num_generations": 4,
-            "per_device_train_batch_size": 8,
-            "max_completion_length": 6,
-        },
-    }
+    """conf/base's train block, cut down to a few tiny steps."""
+    params = base_train()
+    params.update(algorithm=algorithm, output_dir=str(tmp_path / "ckpt"))
+    params["trainer"].update(per_device_train_batch_size=4, max_steps=2, max_length=64)
+    params["grpo"].update(num_generations=4, per_device_train_batch_size=8, max_completion_length=6)
     for key, value in extra.items():
         if isinstance(value, dict):
             params.setdefault(key, {}).update(value)
@@ -244,7 +252,7 @@ def test_each_algorithm_trains_a_few_steps_and_changes_weights(
 ):
     import mlflow
 
-    settings = TrainSettings.from_params(tiny_params(tmp_path, algorithm, lora={"enabled": lora}))
+    settings = TrainParams.model_validate(tiny_params(tmp_path, algorithm, lora={"enabled": lora}))
     prompts = make_prompts()
     examples, _ = build_examples(SCORED, prompts, settings, TASK)
     calls = []
@@ -258,7 +266,7 @@ def test_each_algorithm_trains_a_few_steps_and_changes_weights(
     policy = load_policy(str(tiny_model_dir))
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     with mlflow.start_run() as run:
-        trained, metrics = train_policy(
+        trained, metrics, curves = train_policy(
             policy,
             examples,
             settings,
@@ -277,8 +285,9 @@ def test_each_algorithm_trains_a_few_steps_and_changes_weights(
         assert len(changed) == len(before)
     assert trained.lineage["round"] == 1 and trained.lineage["algorithm"] == algorithm
     assert trained.lineage["base_model"] == "tiny-random"
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train.round_1.loss")
-    assert [m.step for m in history] == [1, 2]
+    # per-step curves come back for the node's metrics output; nothing is logged directly
+    assert [m["step"] for m in curves["train.round_1.loss"]] == [1, 2]
+    assert not mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
     if algorithm == "grpo":  # the scorer saw whole groups, as the score stage would
         assert len(calls) >= 1
         assert calls[0].groupby("prompt_id").size().eq(4).all()
@@ -315,12 +324,12 @@ class Interrupt(TrainerCallback):
 def test_interrupted_training_resumes_and_ends_at_the_same_step(tiny_model_dir, tmp_path):
     params = tiny_params(tmp_path, "rft", keep_checkpoints=True)
     params["trainer"].update(max_steps=4, save_steps=1, save_total_limit=2, warmup_steps=0)
-    settings = TrainSettings.from_params(params)
+    settings = TrainParams.model_validate(params)
     examples, _ = build_examples(SCORED, make_prompts(), settings, TASK)
     kwargs = {"seed": 0, "round_": 1, "data_hashes": {"scored": frame_hash(SCORED)}}
 
-    elsewhere = dataclasses.replace(settings, output_dir=str(tmp_path / "straight"))
-    straight, m_straight = train_policy(
+    elsewhere = settings.model_copy(update={"output_dir": str(tmp_path / "straight")})
+    straight, m_straight, _ = train_policy(
         load_policy(str(tiny_model_dir)), examples, elsewhere, **kwargs
     )
     assert not m_straight["resumed"]
@@ -329,7 +338,7 @@ def test_interrupted_training_resumes_and_ends_at_the_same_step(tiny_model_dir, 
             load_policy(str(tiny_model_dir)), examples, settings, callbacks=[Interrupt(2)], **kwargs
         )
     assert (tmp_path / "ckpt" / "round_1" / "checkpoint-2").is_dir()
-    resumed, m_resumed = train_policy(
+    resumed, m_resumed, _ = train_policy(
         load_policy(str(tiny_model_dir)), examples, settings, **kwargs
     )
     assert m_resumed["resumed"] and resumed.lineage["resumed_from"] == "checkpoint-2"
@@ -337,7 +346,7 @@ def test_interrupted_training_resumes_and_ends_at_the_same_step(tiny_model_dir, 
     for name, value in straight.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[name], atol=1e-6), name
     # a different dataset invalidates the checkpoints: a fresh start, not a resume
-    fresh, m_fresh = train_policy(
+    fresh, m_fresh, _ = train_policy(
         load_policy(str(tiny_model_dir)),
         examples,
         settings,
@@ -426,20 +435,27 @@ def test_mlflow_policy_dataset_is_silent_without_a_run(tiny_policy, tmp_path):
 
 
 def test_grpo_node_stops_on_collapse_and_records_why(tiny_model_dir, tmp_path, mlflow_uri):
-    """The train node arms the health guard for online RL: tripped, it stops and says so."""
+    """The train node arms the collapse guard for online RL: tripped, it stops and says so."""
     import mlflow
 
     from taoflow.pipelines.train.nodes import build_train_examples, train
 
-    params = tiny_params(tmp_path, "grpo", trainer={"max_steps": 4, "logging_steps": 1})
-    prompts = make_prompts()
-    examples, _, _ = build_train_examples(SCORED, prompts, params, TASK)
     trip_at_once = {  # any reward change with any entropy counts as collapse
         "reward_rise": -1.0e9,
         "entropy_ratio": 1.0e9,
         "baseline_logs": 1,
         "patience": 1,
     }
+    params = TrainParams.model_validate(
+        tiny_params(
+            tmp_path,
+            "grpo",
+            trainer={"max_steps": 4, "logging_steps": 1},
+            early_stopping=trip_at_once,
+        )
+    )
+    prompts = make_prompts()
+    examples, _, _ = build_train_examples(SCORED, prompts, params, TASK)
     score = {"scorers": [{"name": "format", "type": "format", "weight": 1.0}]}
     with mlflow.start_run():
         policy, metrics = train(
@@ -451,9 +467,9 @@ def test_grpo_node_stops_on_collapse_and_records_why(tiny_model_dir, tmp_path, m
             seed=0,
             task=TASK,
             score=score,
-            health={"early_stopping": trip_at_once},
         )
     summary = policy.lineage["early_stopping"]
     assert summary["stopped"] and summary["reason"]
     assert summary["stopped_step"] < 4
     assert metrics["train.early_stopped"]["value"] == 1.0
+    assert metrics["train.round_1.loss"][0]["step"] == 1  # the per-step curves ride along

@@ -16,17 +16,16 @@ BLOCKS: dict[str, str] = {
     "model": "taoflow.config.shared:ModelParams",
     "task": "taoflow.config.shared:TaskParams",
     "tao": "taoflow.config.tao:TaoParams",
-    # Not typed yet: accepted as they are until their stage's model lands.
     "ingest": "taoflow.config.ingest:IngestParams",
     "generate": "taoflow.config.generate:GenerateParams",
     "score": "taoflow.config.score:ScoreParams",
-    "train": "taoflow.config.base:UntypedBlock",
+    "train": "taoflow.config.train:TrainParams",
     "health": "taoflow.config.health:HealthParams",
     "evaluate": "taoflow.config.evaluate:EvaluateParams",
     "promote": "taoflow.config.promote:PromoteParams",
     "audit": "taoflow.config.audit:AuditParams",
-    "sft_oracle": "taoflow.config.base:UntypedBlock",
-    "reward_model": "taoflow.config.base:UntypedBlock",
+    "sft_oracle": "taoflow.config.sft_oracle:SftOracleParams",
+    "reward_model": "taoflow.config.reward_model:RewardModelParams",
     "serve": "taoflow.serving.config:ServeConfig",
 }
 
@@ -39,12 +38,6 @@ class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must never fall back to a default silently); frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-
-class UntypedBlock(BaseModel):
-    """Placeholder for a block whose model has not landed: any keys pass."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 def suggestion(name: str, valid: Iterable[str]) -> str:
@@ -126,8 +119,6 @@ def model_class(block: str) -> Any:
 def validate_block(block: str, value: Any) -> Any:
     """One block's raw value → its validated instance; :class:`ParameterError` on any problem."""
     target = model_class(block)
-    if target is UntypedBlock:
-        return value
     is_model = isinstance(target, type) and issubclass(target, BaseModel)
     try:
         return TypeAdapter(target).validate_python({} if value is None and is_model else value)

@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from taoflow.config.reward_model import RewardModelParams, RewardTrainingParams
 from taoflow.core.ids import seed_everything, stable_hash
 from taoflow.core.text import as_messages, coerce_messages, dedup_key
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.datasets.reward_model import RewardModel
-from taoflow.scoring.feedback import FEEDBACK_NAME, feedback_value, normalize_completion
+from taoflow.scoring.feedback import feedback_value, normalize_completion
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +113,17 @@ def _rated_responses(
 
 
 def feedback_preference_pairs(
-    trace_requests: dict[str, Callable[[], pd.DataFrame]], config: dict[str, Any]
+    trace_requests: dict[str, Callable[[], pd.DataFrame]], reward_model: RewardModelParams
 ) -> pd.DataFrame:
     """Answers to one prompt that users rated apart (by ≥ ``min_feedback_gap``) → pairs."""
-    pairs_config = config.get("pairs") or {}
-    if not pairs_config.get("from_feedback", True):
+    settings = reward_model.pairs
+    if not settings.from_feedback:
         return _empty_pairs()
-    gap = float(pairs_config.get("min_feedback_gap", 0.5))
-    cap = int(pairs_config.get("max_pairs_per_prompt", 4))
-    name = pairs_config.get("feedback_name", FEEDBACK_NAME)
+    gap, cap, name = (
+        settings.min_feedback_gap,
+        settings.max_pairs_per_prompt,
+        settings.feedback_name,
+    )
     rows = []
     for _, entry in sorted(_rated_responses(trace_requests, name).items()):
         answers = sorted(
@@ -149,17 +152,16 @@ def feedback_preference_pairs(
 
 
 def scored_preference_pairs(
-    scored: pd.DataFrame, prompts: pd.DataFrame, config: dict[str, Any]
+    scored: pd.DataFrame, prompts: pd.DataFrame, reward_model: RewardModelParams
 ) -> pd.DataFrame:
     """Best vs worst candidates of each prompt by ``reward`` (gap ≥ ``min_reward_gap``) → pairs."""
-    pairs_config = config.get("pairs") or {}
-    if not pairs_config.get("from_scored", True) or scored.empty:
+    settings = reward_model.pairs
+    if not settings.from_scored or scored.empty:
         return _empty_pairs()
     missing = [c for c in ("prompt_id", "candidate_id", "completion", "reward") if c not in scored]
     if missing:
         raise ValueError(f"reward_model: scored candidates lack column(s) {missing}")
-    gap = float(pairs_config.get("min_reward_gap", 0.5))
-    cap = int(pairs_config.get("max_pairs_per_prompt", 4))
+    gap, cap = settings.min_reward_gap, settings.max_pairs_per_prompt
     messages = {
         pid: as_messages(m)
         for pid, m in zip(prompts["prompt_id"], prompts["messages"], strict=True)
@@ -201,7 +203,7 @@ def scored_preference_pairs(
 
 def assemble_pairs(
     feedback_pairs: pd.DataFrame,
-    config: dict[str, Any],
+    reward_model: RewardModelParams,
     scored_pairs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Feedback pairs first (a human said so), then scored ones; de-duplicated; split by prompt.
@@ -209,12 +211,11 @@ def assemble_pairs(
     The split (``eval_fraction``) hashes the prompt, so a prompt's pairs never straddle train and
     eval and adding data never moves an old pair across.
     """
-    pairs_config = config.get("pairs") or {}
     frames = [f for f in (feedback_pairs, scored_pairs) if f is not None and len(f)]
     if not frames:
         return _empty_pairs()
     pairs = pd.concat(frames, ignore_index=True).drop_duplicates("pair_id", keep="first")
-    eval_fraction = float(pairs_config.get("eval_fraction", 0.2))
+    eval_fraction = reward_model.pairs.eval_fraction
     hashed = pairs["prompt_key"].map(lambda k: int(stable_hash(["rm-split", k], 13), 16) / 16**13)
     pairs["split"] = np.where(hashed < eval_fraction, "eval", "train")
     return pairs.reset_index(drop=True)[PAIR_COLUMNS]
@@ -278,30 +279,10 @@ def _accuracy(model: Any, tokenizer: Any, pairs: pd.DataFrame) -> float | None:
     return float(np.mean(chosen > rejected))
 
 
-def train_reward_model(
-    pairs: pd.DataFrame, config: dict[str, Any], seed: int
-) -> tuple[RewardModel, dict[str, dict[str, float]]]:
-    """Fit a one-logit reward head with TRL ``RewardTrainer`` (Bradley–Terry loss) on ``pairs``.
-
-    Pairs longer than ``training.max_length`` tokens are counted (``too_long``), not silently
-    dropped by the trainer. Accuracy = share of pairs where chosen outscores rejected, on the
-    train and the held-out eval split.
-    """
-    from datasets import Dataset
+def _load_base(base: str, max_length: int) -> tuple[Any, Any]:
+    """Tokenizer (with a chat template and pad token) and a one-logit head on ``base``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
 
-    training = dict(config.get("training") or {})
-    min_pairs = int(config.get("min_pairs", 4))
-    if len(pairs) < min_pairs:
-        raise ValueError(
-            f"reward_model: {len(pairs)} preference pair(s), need at least {min_pairs}. Serve the "
-            "model and collect feedback (taoflow serve, POST /v1/feedback), ingest it (kedro run "
-            "-p ingest), or enable reward_model.pairs.from_scored with a scored round."
-        )
-    base = _base_model_path(str(config.get("base_model", MINILM)))
-    max_length = int(training.get("max_length", 256))
-    seed_everything(int(seed))
     tokenizer = AutoTokenizer.from_pretrained(base)
     _ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
@@ -312,13 +293,67 @@ def train_reward_model(
         base, num_labels=1, dtype=torch.float32, ignore_mismatched_sizes=True
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
 
-    def length(conversations: list[list[dict[str, str]]]) -> np.ndarray:
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-        return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
 
-    too_long = (length(_conversations(pairs, "chosen")) > max_length) | (
-        length(_conversations(pairs, "rejected")) > max_length
+def _token_lengths(tokenizer: Any, pairs: pd.DataFrame, which: str) -> np.ndarray:
+    """Tokens of each pair's conversation ending in its ``which`` answer, rendered as trained."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in _conversations(pairs, which)]
+    return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
+
+
+def _reward_config(training: RewardTrainingParams, scratch: str, seed: int) -> Any:
+    """TRL ``RewardConfig`` for a CPU run that keeps no checkpoints and reports nowhere."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=scratch,
+        num_train_epochs=float(training.num_train_epochs),
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=float(training.learning_rate),
+        weight_decay=float(training.weight_decay),
+        max_length=training.max_length,
+        center_rewards_coefficient=training.center_rewards_coefficient,
+        logging_steps=training.logging_steps,
+        seed=seed,
+        data_seed=seed,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=not training.progress,
+        dataloader_num_workers=0,
+    )
+
+
+def train_reward_model(
+    pairs: pd.DataFrame, reward_model: RewardModelParams, seed: int
+) -> tuple[RewardModel, dict[str, dict[str, float]]]:
+    """Fit a one-logit reward head with TRL ``RewardTrainer`` (Bradley–Terry loss) on ``pairs``.
+
+    Pairs longer than ``training.max_length`` tokens are counted (``too_long``), not silently
+    dropped by the trainer. Accuracy = share of pairs where chosen outscores rejected, on the
+    train and the held-out eval split.
+    """
+    from datasets import Dataset
+    from trl import RewardTrainer
+
+    training = reward_model.training
+    min_pairs = reward_model.min_pairs
+    if len(pairs) < min_pairs:
+        raise ValueError(
+            f"reward_model: {len(pairs)} preference pair(s), need at least {min_pairs}. Serve the "
+            "model and collect feedback (taoflow serve, POST /v1/feedback), ingest it (kedro run "
+            "-p ingest), or enable reward_model.pairs.from_scored with a scored round."
+        )
+    max_length = training.max_length
+    seed_everything(int(seed))
+    tokenizer, model = _load_base(_base_model_path(reward_model.base_model), max_length)
+    too_long = (_token_lengths(tokenizer, pairs, "chosen") > max_length) | (
+        _token_lengths(tokenizer, pairs, "rejected") > max_length
     )
     usable = pairs.loc[~too_long]
     train_pairs = usable[usable["split"] == "train"]
@@ -333,31 +368,11 @@ def train_reward_model(
         "chosen": [[{"role": "assistant", "content": str(c)}] for c in train_pairs["chosen"]],
         "rejected": [[{"role": "assistant", "content": str(r)}] for r in train_pairs["rejected"]],
     }
-    if training.get("use_margin", False):
+    if training.use_margin:
         data["margin"] = [float(m) for m in train_pairs["margin"]]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="taoflow-rm-") as scratch:
-        args = RewardConfig(
-            output_dir=scratch,
-            num_train_epochs=float(training.get("num_train_epochs", 2)),
-            per_device_train_batch_size=int(training.get("per_device_train_batch_size", 8)),
-            gradient_accumulation_steps=int(training.get("gradient_accumulation_steps", 1)),
-            learning_rate=float(training.get("learning_rate", 5e-5)),
-            weight_decay=float(training.get("weight_decay", 0.0)),
-            max_length=max_length,
-            center_rewards_coefficient=training.get("center_rewards_coefficient"),
-            logging_steps=int(training.get("logging_steps", 10)),
-            seed=int(seed),
-            data_seed=int(seed),
-            bf16=False,
-            use_cpu=True,
-            gradient_checkpointing=False,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=not training.get("progress", True),
-            dataloader_num_workers=0,
-        )
+        args = _reward_config(training, scratch, int(seed))
         trainer = RewardTrainer(
             model=model,
             args=args,
@@ -370,13 +385,13 @@ def train_reward_model(
     train_accuracy = _accuracy(model, tokenizer, train_pairs)
     eval_accuracy = _accuracy(model, tokenizer, eval_pairs)
     lineage = {
-        "base_model": str(config.get("base_model", MINILM)),
+        "base_model": reward_model.base_model,
         "algorithm": "reward_model",
         "n_pairs": len(pairs),
         "n_train": len(train_pairs),
         "n_eval": len(eval_pairs),
         "sources": pairs["source"].value_counts().to_dict(),
-        "config_hash": stable_hash(config),
+        "config_hash": stable_hash(reward_model.model_dump()),
         "pairs_hash": stable_hash(pairs["pair_id"].tolist()),
         "train_accuracy": train_accuracy,
         "eval_accuracy": eval_accuracy,

@@ -37,7 +37,7 @@ def create_pipeline(scored: str | None = "round_1.scored", **kwargs) -> Pipeline
             assemble_pairs,
             inputs={
                 "feedback_pairs": "reward_model_feedback_pairs",
-                "config": "params:reward_model",
+                "reward_model": "params:reward_model",
                 **({"scored_pairs": scored_pairs} if scored else {}),
             },
             outputs="reward_model_pairs",

@@ -9,58 +9,29 @@ evaluated beside TAO.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from taoflow.config.sft_oracle import TRAINER_ALGORITHM, SftOracleParams
+from taoflow.config.shared import TaskParams
+from taoflow.config.train import TrainParams
 from taoflow.core.answers import answers_match, extract_answer
 from taoflow.core.gold import find_gold, gold_table
 from taoflow.core.ids import frame_hash
 from taoflow.core.text import as_messages, last_user_message
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
-from taoflow.training import TrainSettings, prompt_messages, train_policy
+from taoflow.training import prompt_messages, train_policy
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "sft_oracle"
-TRAINER_ALGORITHM = "rft"  # the SFTTrainer path of taoflow.training: prompt + completion rows
 ROUND = 1  # one round of training from the base model, like TAO's round_1
-MATCH_MODES = ("exact", "embedded")
-SETTINGS_KEYS = ("match", "completion_template", "output_dir", "trainer", "rft", "lora")
 EXAMPLE_COLUMNS = ["prompt_id", "prompt", "completion", "question", "gold_answer", "match"]
 REJECT_COLUMNS = ["prompt_id", "split", "user_message", "reason"]
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def sft_oracle_settings(
-    sft_oracle: dict[str, Any] | None, train: dict[str, Any] | None
-) -> TrainSettings:
-    """``params:train`` with the ``rft`` algorithm and ``params:sft_oracle``'s overrides applied.
-
-    The oracle inherits the train stage's trainer, rft (learning rate, epochs) and LoRA settings,
-    so it trains with TAO's budget unless an override says otherwise; its checkpoints go to their
-    own ``output_dir`` so they never clash with a TAO round's.
-    """
-    sft_oracle = dict(sft_oracle or {})
-    unknown = sorted(set(sft_oracle) - set(SETTINGS_KEYS))
-    if unknown:
-        raise ValueError(f"sft_oracle: unknown setting(s) {unknown}; known: {list(SETTINGS_KEYS)}")
-    merged = copy.deepcopy(dict(train or {}))
-    merged["algorithm"] = TRAINER_ALGORITHM
-    if sft_oracle.get("output_dir"):
-        merged["output_dir"] = str(sft_oracle["output_dir"])
-    for block in ("trainer", "rft", "lora"):
-        override = sft_oracle.get(block) or {}
-        if not isinstance(override, dict):
-            raise ValueError(f"sft_oracle.{block} must be a mapping, got {override!r}")
-        merged[block] = {**dict(merged.get(block) or {}), **override}
-    return TrainSettings.from_params(merged)
 
 
 # --------------------------------------------------------------------------- examples
@@ -69,10 +40,8 @@ def sft_oracle_settings(
 def build_sft_oracle_examples(
     prompts: pd.DataFrame,
     usage_gold: pd.DataFrame,
-    sft_oracle: dict[str, Any],
-    task: dict[str, Any],
-    *,
-    gold_path: str | None = None,
+    sft_oracle: SftOracleParams,
+    task: TaskParams,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
     """Train prompts + gold answers → SFT rows (``prompt`` chat, ``completion``) and rejects.
 
@@ -84,19 +53,11 @@ def build_sft_oracle_examples(
     wraps one gold question. Holdout prompts, prompts without a gold answer and answers the
     task's extractor could not read back go to the rejects, each with its reason.
     """
-    sft_oracle = dict(sft_oracle or {})
-    match = str(sft_oracle.get("match", "embedded"))
-    if match not in MATCH_MODES:
-        raise ValueError(f"sft_oracle.match={match!r}: choose one of {list(MATCH_MODES)}")
-    template = str(sft_oracle.get("completion_template", "{answer}"))
-    if "{answer}" not in template:
-        raise ValueError(f"sft_oracle.completion_template {template!r} must contain '{{answer}}'")
     for column in ("prompt_id", "messages"):
         if column not in prompts.columns:
             raise ValueError(f"prompts: missing column {column!r}; has {list(prompts.columns)}")
-    gold = gold_table(usage_gold, gold_path)
+    gold = gold_table(usage_gold)
     keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
-    extractor = (task or {}).get("answer") or {}
     splits = (
         prompts["split"].astype(str)
         if "split" in prompts.columns
@@ -104,45 +65,24 @@ def build_sft_oracle_examples(
     )
 
     rows, rejects = [], []
-    counts = {"exact": 0, "embedded": 0}
     order = np.argsort(prompts["prompt_id"].astype(str).to_numpy(), kind="stable")
     for i in order:
         prompt_id = str(prompts["prompt_id"].iloc[i])
         split = str(splits.iloc[i])
         messages = as_messages(prompts["messages"].iloc[i])
         user = last_user_message(messages)
-        reason, key, answer, completion = None, None, None, None
         if split != "train":
             reason = f"{split} prompt (the oracle trains on the train split only)"
         elif user is None:
             reason = "no user message to look the gold answer up by"
         else:
-            key, answer, how = find_gold(user, gold, keys_by_length, match)
-            if key is None:
-                reason = how
-            else:
-                completion = template.format(answer=answer)
-                if not answers_match(extract_answer(completion, extractor), answer):
-                    reason = (
-                        f"gold answer {answer!r} written as {completion!r} is not read back by "
-                        f"the task's answer extractor {extractor or 'last_number'}"
-                    )
+            row, reason = _gold_example(user, gold, keys_by_length, sft_oracle, task)
         if reason is not None:
             rejects.append(
                 {"prompt_id": prompt_id, "split": split, "user_message": user, "reason": reason}
             )
             continue
-        counts[how] += 1
-        rows.append(
-            {
-                "prompt_id": prompt_id,
-                "prompt": prompt_messages(messages, task),
-                "completion": completion,
-                "question": key,
-                "gold_answer": answer,
-                "match": how,
-            }
-        )
+        rows.append({"prompt_id": prompt_id, "prompt": prompt_messages(messages, task), **row})
     examples = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
     rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS)
     n_train = int((splits == "train").sum())
@@ -150,13 +90,14 @@ def build_sft_oracle_examples(
         reasons = rejects_df["reason"].value_counts().head(3).to_dict()
         raise ValueError(
             f"sft_oracle: none of the {n_train} train prompts has a usable gold answer in "
-            f"usage_gold{f' ({gold_path})' if gold_path else ''}; most common reasons: {reasons}"
+            f"usage_gold; most common reasons: {reasons}"
         )
+    n_embedded = int((examples["match"] == "embedded").sum())
     logger.info(
         "sft_oracle: %d examples from %d train prompts (%d embedded matches); %d rejected",
         len(examples),
         n_train,
-        counts["embedded"],
+        n_embedded,
         len(rejects_df),
     )
     values = {
@@ -164,11 +105,31 @@ def build_sft_oracle_examples(
         "n_train_prompts": n_train,
         "n_examples": len(examples),
         "n_rejects": len(rejects_df),
-        "n_embedded_matches": counts["embedded"],
+        "n_embedded_matches": n_embedded,
         "gold_coverage": len(examples) / n_train if n_train else 0.0,
         "n_gold": len(gold),
     }
     return examples, rejects_df, mlflow_metrics(values, prefix="sft_oracle.data", step=ROUND)
+
+
+def _gold_example(
+    user: str,
+    gold: pd.Series,
+    keys_by_length: list[str],
+    sft_oracle: SftOracleParams,
+    task: TaskParams,
+) -> tuple[dict[str, str], None] | tuple[None, str]:
+    """A train prompt's gold columns (completion, question, answer, how matched), or why not."""
+    key, answer, how = find_gold(user, gold, keys_by_length, sft_oracle.match)
+    if key is None:
+        return None, how
+    completion = sft_oracle.completion_template.format(answer=answer)
+    if not answers_match(extract_answer(completion, task.answer), answer):
+        return None, (
+            f"gold answer {answer!r} written as {completion!r} is not read back by "
+            f"the task's answer extractor {task.answer.kind}"
+        )
+    return {"completion": completion, "question": key, "gold_answer": answer, "match": how}, None
 
 
 # --------------------------------------------------------------------------- training
@@ -177,20 +138,20 @@ def build_sft_oracle_examples(
 def train_sft_oracle(
     sft_oracle_examples: pd.DataFrame,
     base_model: Policy,
-    sft_oracle: dict[str, Any],
-    train: dict[str, Any],
+    sft_oracle: SftOracleParams,
+    train: TrainParams,
     seed: int,
-) -> tuple[Policy, dict[str, dict[str, float]]]:
+) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on the gold examples with the train stage's trainer and budget.
 
     Reuses :func:`taoflow.training.train_policy` (TRL ``SFTTrainer``, completion-only loss,
-    LoRA, resumable checkpoints); per-step logs go to ``sft_oracle.trainer.*``. The lineage says
+    LoRA, resumable checkpoints); per-step curves are returned as ``sft_oracle.trainer.*``. The lineage says
     what it is (``algorithm: sft_oracle``, ``labels: gold``), so it is never mistaken for a
     label-free policy.
     """
-    settings = sft_oracle_settings(sft_oracle, train)
+    settings = sft_oracle.train_settings(train)
     data_hashes = {"sft_oracle_examples": frame_hash(sft_oracle_examples)}
-    policy, values = train_policy(
+    policy, values, curves = train_policy(
         base_model,
         sft_oracle_examples,
         settings,
@@ -208,4 +169,4 @@ def train_sft_oracle(
             "labels": "gold",
         }
     )
-    return policy, mlflow_metrics(values, prefix=ALGORITHM, step=ROUND)
+    return policy, {**mlflow_metrics(values, prefix=ALGORITHM, step=ROUND), **curves}

@@ -10,7 +10,6 @@ SHARED_PARAMETERS = {
     "params:seed": "params:seed",
     "params:task": "params:task",
     "params:score": "params:score",
-    "params:health": "params:health",
 }
 
 
@@ -35,7 +34,6 @@ def create_template(**kwargs) -> Pipeline:
                     "seed": "params:seed",
                     "task": "params:task",
                     "score": "params:score",
-                    "health": "params:health",
                 },
                 outputs=["policy", "train_metrics"],
                 name="train_policy",

@@ -1,0 +1,69 @@
+"""Trainer glue for the ``train`` stage (and the ``sft_oracle`` baseline), usable without Kedro.
+
+* :mod:`~taoflow.training.examples` — scored candidates → each algorithm's rows + rejects (pure);
+* :mod:`~taoflow.training.trainers` — TRL configs and trainers, LoRA, :func:`train_policy`;
+* :mod:`~taoflow.training.rewards` — GRPO's reward from the score stage's scorers;
+* :mod:`~taoflow.training.callbacks` — per-step curves and the collapse early stop;
+* :mod:`~taoflow.training.checkpoints` — checkpoint folder, run key, resume, cleanup.
+
+The ``train`` block's model is :class:`taoflow.config.train.TrainParams`.
+"""
+
+from taoflow.training.callbacks import CollapseEarlyStopping, StepMetricsCallback
+from taoflow.training.checkpoints import (
+    RUN_FILE,
+    checkpoint_dir,
+    cleanup_checkpoints,
+    prepare_checkpoint_dir,
+    run_key,
+)
+from taoflow.training.examples import (
+    BUILDERS,
+    REJECT_COLUMNS,
+    build_dpo_pairs,
+    build_examples,
+    build_grpo_prompts,
+    build_kto_examples,
+    build_rft_examples,
+    check_lineage,
+    prompt_messages,
+    scored_round,
+)
+from taoflow.training.rewards import ScoreFn, make_grpo_reward, scoring_reward_fn
+from taoflow.training.trainers import (
+    build_trainer,
+    check_lora_targets,
+    lora_config,
+    peak_rss_mb,
+    train_policy,
+    trl_config,
+)
+
+__all__ = [
+    "BUILDERS",
+    "REJECT_COLUMNS",
+    "RUN_FILE",
+    "CollapseEarlyStopping",
+    "ScoreFn",
+    "StepMetricsCallback",
+    "build_dpo_pairs",
+    "build_examples",
+    "build_grpo_prompts",
+    "build_kto_examples",
+    "build_rft_examples",
+    "build_trainer",
+    "check_lineage",
+    "check_lora_targets",
+    "checkpoint_dir",
+    "cleanup_checkpoints",
+    "lora_config",
+    "make_grpo_reward",
+    "peak_rss_mb",
+    "prepare_checkpoint_dir",
+    "prompt_messages",
+    "run_key",
+    "scored_round",
+    "scoring_reward_fn",
+    "train_policy",
+    "trl_config",
+]
