@@ -14,7 +14,6 @@ import pandas as pd
 from taoflow.config.evaluate import EvaluateParams
 from taoflow.config.shared import TaskParams
 from taoflow.evaluation.benchmarks import MODEL_NAME, benchmark_items, source_table
-from taoflow.evaluation.scoring import scorer_task
 
 BEST_OF_N_COLUMNS = [
     "model",
@@ -124,7 +123,7 @@ def select_best_of_n(
             round=0,
         )
         prompts = items.rename(columns={"item_id": "prompt_id"})[["prompt_id", "messages"]]
-        scored, _ = score_candidates(candidates, prompts, score, scorer_task(task))
+        scored, _ = score_candidates(candidates, prompts, score, task)
         best = pick_best(scored)
         first = rows.drop_duplicates("item_id").set_index("item_id")
         best["prompt"] = best["item_id"].map(first["prompt"])

@@ -19,11 +19,6 @@ from taoflow.metrics import load_metric
 SCORED_COLUMNS = ["model", "benchmark", "item_id", "sample", "candidate_id", "reward"]
 
 
-def scorer_task(task: TaskParams) -> dict[str, Any]:
-    """``params:task`` as :func:`taoflow.scoring.score_candidates` reads it (the YAML mapping)."""
-    return task.model_dump(exclude_unset=True)
-
-
 def score_label_free(
     outputs: pd.DataFrame,
     params: EvaluateParams,
@@ -61,7 +56,7 @@ def score_label_free(
         else:
             groups = [g for _, g in candidates.groupby("model", sort=False)]
         for group in groups:
-            scored, _ = score_candidates(group, prompts, score, scorer_task(task))
+            scored, _ = score_candidates(group, prompts, score, task)
             frames.append(scored[SCORED_COLUMNS])
     if not frames:
         return pd.DataFrame(columns=SCORED_COLUMNS)

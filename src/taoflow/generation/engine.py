@@ -204,11 +204,7 @@ def generate_completions(
         )
 
     prompts = render_prompts(policy, conversations)
-    # One row per sequence to generate: (conversation, sample index, row seed).
-    rows: list[tuple[int, int, int]] = []
-    for i, count in enumerate(counts):
-        for j in range(1 if greedy and count else count):
-            rows.append((i, j, derive_seed(seeds[i], j)))
+    rows = _plan_rows(counts, seeds, greedy)
     batches = plan_batches([len(prompts[i]) for i, _, _ in rows], max_new_tokens, token_budget)
     sampling = {
         "greedy": greedy,
@@ -230,6 +226,15 @@ def generate_completions(
     finally:
         policy.model.train(was_training)
         bar.close()
+
+
+def _plan_rows(counts: list[int], seeds: Sequence[int], greedy: bool) -> list[tuple[int, int, int]]:
+    """One row per sequence to generate: (conversation, sample index, row seed)."""
+    rows: list[tuple[int, int, int]] = []
+    for i, count in enumerate(counts):
+        for j in range(1 if greedy and count else count):
+            rows.append((i, j, derive_seed(seeds[i], j)))
+    return rows
 
 
 def _check_arguments(
@@ -366,18 +371,15 @@ def _generate_batch(
                 logits_processor=LogitsProcessorList(sampler),
             )
             new = out.sequences[:, ids.shape[1] :]
-            chosen = _chosen_logprobs(new, out.logits)
-            new_cpu = new.cpu().tolist()
-            keep = []
-            for k, r in enumerate(active):
-                row = new_cpu[k]
-                end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), None)
-                tokens[r].extend(row[:end])
-                logprobs[r].extend(chosen[k, : end or len(row)].tolist())
-                if end is None:
-                    keep.append(k)
-                else:
-                    stopped[r] = True
+            keep = _collect_chunk(
+                new,
+                out.logits,
+                active,
+                stop_set=stop_set,
+                tokens=tokens,
+                logprobs=logprobs,
+                stopped=stopped,
+            )
             produced += new.shape[1]
             if not keep or produced >= max_new_tokens:
                 break
@@ -390,6 +392,32 @@ def _generate_batch(
             active = [active[k] for k in keep]
 
     return [_row_result(tokenizer, tokens[r], logprobs[r], stopped[r]) for r in range(n_rows)]
+
+
+def _collect_chunk(
+    new: torch.Tensor,
+    logits: Sequence[torch.Tensor],
+    active: list[int],
+    *,
+    stop_set: set[int],
+    tokens: list[list[int]],
+    logprobs: list[list[float]],
+    stopped: list[bool],
+) -> list[int]:
+    """Append a decoded chunk to each active row (up to its stop token); positions still going."""
+    chosen = _chosen_logprobs(new, logits)
+    new_cpu = new.cpu().tolist()
+    keep = []
+    for k, r in enumerate(active):
+        row = new_cpu[k]
+        end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), None)
+        tokens[r].extend(row[:end])
+        logprobs[r].extend(chosen[k, : end or len(row)].tolist())
+        if end is None:
+            keep.append(k)
+        else:
+            stopped[r] = True
+    return keep
 
 
 def _shared_prefill(model: Any, padded: Any, gather: torch.Tensor) -> tuple[Any, Any, Any]:

@@ -68,6 +68,4 @@ def scoring_reward_fn(score_config: Any, task: TaskParams | Any) -> Any:
             "train.algorithm=grpo scores its completions with the score stage's "
             "taoflow.scoring.CandidateScorer, which could not be imported."
         ) from exc
-    # The scoring code still reads the task as a mapping; a typed task is handed over as one.
-    task_config = task.model_dump() if isinstance(task, TaskParams) else (task or {})
-    return CandidateScorer(score_config or {}, task_config)
+    return CandidateScorer(score_config, task)
