@@ -386,6 +386,4 @@ def test_shipped_parameters_match_the_validated_defaults():
 
     params, _, _ = load_project_config(PROJECT_ROOT, env="base")
     assert build_config(params["serve"]) == ServeConfig()
-    assert (
-        params["serve"]["registered_model"] == params["evaluate"]["gate"]["registered_model_name"]
-    )
+    assert params["serve"]["registered_model"] == params["promote"]["registered_model_name"]

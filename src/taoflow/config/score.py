@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, PlainValidator, create_model, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    create_model,
+    model_validator,
+)
 
 from taoflow.config.base import StrictModel
 from taoflow.config.shared import AnswerParams
@@ -163,7 +170,11 @@ _AnyScorerKeys = create_model(  # type: ignore[call-overload]
     **{key: (Any, None) for model in BUILTIN_PARAMS.values() for key in model.model_fields},
 )
 
-ScorerEntry = Annotated[_AnyScorerKeys, PlainValidator(_scorer_entry)]
+ScorerEntry = Annotated[
+    _AnyScorerKeys,
+    PlainValidator(_scorer_entry),
+    PlainSerializer(lambda entry: entry.model_dump(mode="json")),
+]
 
 
 class AdvantageParams(StrictModel):
