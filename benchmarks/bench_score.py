@@ -46,7 +46,7 @@ def verify(prompt: str, completion: str) -> float:
 
 
 def workload(groups: int, group_size: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Prompts and candidates in the DESIGN.md contracts."""
+    """Prompts and candidates in the data contracts of docs/architecture.md."""
     import reasoning_gym
 
     items = reasoning_gym.create_dataset(

@@ -260,7 +260,7 @@ def score_candidates(
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score candidates without labels: the one entry point every stage uses.
 
-    ``candidates`` (DESIGN.md contract; at least ``prompt_id``, ``candidate_id``, ``completion``;
+    ``candidates`` (contract in docs/architecture.md; at least ``prompt_id``, ``candidate_id``, ``completion``;
     optionally ``finish_reason``, ``n_tokens``, ``strategy``, ...) and ``prompts`` (``prompt_id``,
     ``messages``) → (scored frame, summary stats). The frame gains ``score_<name>`` and
     ``failed_<name>`` per configured scorer (plus scorer extras such as

@@ -48,8 +48,8 @@ class CollapseEarlyStopping(TrainerCallback):
     GRPO in TRL 1.16 logs ``reward`` (mean reward of the step's completions) and ``entropy`` (mean
     per-token entropy of the policy on them) at every logging step. The baseline is the mean of the
     first ``baseline_logs`` training logs; training stops once, for ``patience`` consecutive logs,
-    ``reward - baseline ≥ reward_rise`` and ``entropy ≤ entropy_ratio × baseline``. With the
-    measured collapse (reward 0.41 → 0.84, entropy 1.1 → 0.37) the defaults stop it part-way.
+    ``reward - baseline ≥ reward_rise`` and ``entropy ≤ entropy_ratio × baseline`` (why those
+    thresholds: docs/calibration.md).
 
     After training, read ``stopped`` / ``reason`` / ``stopped_step`` or :meth:`summary` (for the
     policy lineage and metrics); ``history`` keeps the watched values of every log.

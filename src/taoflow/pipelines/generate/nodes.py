@@ -73,7 +73,9 @@ def select_train_prompts(prompts: pd.DataFrame) -> pd.DataFrame:
     """The ``split == "train"`` prompts, validated and sorted by ``prompt_id`` (the shard plan order)."""
     missing = {"prompt_id", "messages", "split"} - set(prompts.columns)
     if missing:
-        raise ValueError(f"prompts: missing column(s) {sorted(missing)} (DESIGN.md contract).")
+        raise ValueError(
+            f"prompts: missing column(s) {sorted(missing)} (contract: docs/architecture.md)."
+        )
     train = prompts[prompts["split"] == "train"]
     if train.empty:
         splits = prompts["split"].value_counts().to_dict()
