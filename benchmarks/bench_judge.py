@@ -31,8 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import yaml  # noqa: E402
-from taoflow.core.answers import answers_match, extract_answer  # noqa: E402
 
+from taoflow.core.answers import answers_match, extract_answer  # noqa: E402
 from taoflow.generation import frame_conversation, generate_completions  # noqa: E402
 from taoflow.models import load_policy  # noqa: E402
 from taoflow.packaged_weights import PACKAGED, is_materialised  # noqa: E402
