@@ -187,6 +187,55 @@ class EarlyStoppingParams(StrictModel):
     patience: int = Field(2, ge=1, description="consecutive collapsing logs before stopping")
 
 
+class GateParams(StrictModel):
+    """Which scored rows are trusted enough to train on, applied before the algorithm selects.
+
+    Every gate is off (null) by default; a rejected row names its gate in ``train_rejects``.
+    Columns are read by name so a scorer named otherwise can still feed a gate.
+    """
+
+    min_judge_confidence: float | None = Field(
+        None, description="drop candidates whose judge confidence is below this"
+    )
+    min_vote_share: float | None = Field(
+        None, description="drop prompts whose majority answer has a smaller share of the group"
+    )
+    min_reward_margin: float | None = Field(
+        None, description="drop prompts whose reward spread (max - min) is below this"
+    )
+    drop_no_contrast: bool | None = Field(
+        None, description="drop prompts left without contrast by the gates above"
+    )
+    chosen_from: Literal["reward", "judge"] | None = Field(
+        None, description="judge: chosen/targets the judge agrees with, rejected ones it rejects"
+    )
+    judge_score_column: str = Field("score_judge", description="the judge's score in [0, 1]")
+    judge_answer_column: str = Field("judge_answer", description="the judge's own answer")
+    judge_confidence_column: str = Field("judge_confidence", description="judge confidence")
+    judge_agree_score: float = Field(
+        0.5, description="without a judge answer: score >= this means the judge agrees"
+    )
+    vote_share_column: str = Field("agreement", description="the group's majority share")
+
+    @property
+    def active(self) -> bool:
+        """Whether any gate (or the judge choice) changes the examples."""
+        return any(
+            value is not None and value is not False and value != "reward"
+            for value in (
+                self.min_judge_confidence,
+                self.min_vote_share,
+                self.min_reward_margin,
+                self.drop_no_contrast,
+                self.chosen_from,
+            )
+        )
+
+    @property
+    def judge_choice(self) -> bool:
+        return self.chosen_from == "judge"
+
+
 class TrainParams(StrictModel):
     """The whole ``params:train`` block."""
 
@@ -203,6 +252,15 @@ class TrainParams(StrictModel):
     grpo: GRPOParams = GRPOParams()
     lora: LoraParams = LoraParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    gates: GateParams = GateParams()
+    dpo_reference: Literal["previous", "initial"] = Field(
+        "previous", description="dpo reference in round k > 1: the round's input or the base model"
+    )
+
+    @property
+    def reference_is_initial(self) -> bool:
+        """Whether DPO rounds after the first take the base model as their reference."""
+        return self.algorithm == "dpo" and self.dpo_reference == "initial"
 
     @property
     def algo(self) -> Passthrough:
@@ -231,6 +289,10 @@ class TrainParams(StrictModel):
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> TrainParams:
+        if self.gates.judge_choice and self.algorithm not in ("dpo", "rft"):
+            raise ValueError(
+                f"gates.chosen_from=judge picks dpo pairs or rft targets; {self.algorithm} has none"
+            )
         if self.algorithm == "kto" and self.effective("per_device_train_batch_size") < 2:
             raise ValueError(
                 "trainer.per_device_train_batch_size must be >= 2 for kto (its KL term pairs "
@@ -250,12 +312,13 @@ class TrainParams(StrictModel):
 
     def config_hash(self, seed: int) -> str:
         """What decides the trained weights, besides the data: the active blocks + the seed."""
-        return stable_hash(
-            {
-                "algorithm": self.algorithm,
-                "trainer": self.trainer.passthrough(),
-                self.algorithm: self.algo.hashed(),
-                "lora": self.lora.hashed(),
-                "seed": int(seed),
-            }
-        )
+        decided = {
+            "algorithm": self.algorithm,
+            "trainer": self.trainer.passthrough(),
+            self.algorithm: self.algo.hashed(),
+            "lora": self.lora.hashed(),
+            "seed": int(seed),
+        }
+        if self.reference_is_initial:  # only when set, so today's hashes stay as they are
+            decided["dpo_reference"] = self.dpo_reference
+        return stable_hash(decided)

@@ -1,6 +1,7 @@
 """Trainer glue for the ``train`` stage (and the ``sft_oracle`` baseline), usable without Kedro.
 
 * :mod:`~taoflow.training.examples` — scored candidates → each algorithm's rows + rejects (pure);
+* :mod:`~taoflow.training.gates` — which scored rows are trusted enough to train on (pure);
 * :mod:`~taoflow.training.trainers` — TRL configs and trainers, LoRA, :func:`train_policy`;
 * :mod:`~taoflow.training.rewards` — GRPO's reward from the score stage's scorers;
 * :mod:`~taoflow.training.callbacks` — per-step curves and the collapse early stop;
@@ -22,6 +23,7 @@ from taoflow.training.examples import (
     REJECT_COLUMNS,
     build_dpo_pairs,
     build_examples,
+    build_gated_examples,
     build_grpo_prompts,
     build_kto_examples,
     build_rft_examples,
@@ -29,6 +31,7 @@ from taoflow.training.examples import (
     prompt_messages,
     scored_round,
 )
+from taoflow.training.gates import GateOutcome, apply_gates, judge_agrees
 from taoflow.training.rewards import ScoreFn, make_grpo_reward, scoring_reward_fn
 from taoflow.training.trainers import (
     build_trainer,
@@ -44,10 +47,13 @@ __all__ = [
     "REJECT_COLUMNS",
     "RUN_FILE",
     "CollapseEarlyStopping",
+    "GateOutcome",
     "ScoreFn",
     "StepMetricsCallback",
+    "apply_gates",
     "build_dpo_pairs",
     "build_examples",
+    "build_gated_examples",
     "build_grpo_prompts",
     "build_kto_examples",
     "build_rft_examples",
@@ -57,6 +63,7 @@ __all__ = [
     "checkpoint_dir",
     "cleanup_checkpoints",
     "lora_config",
+    "judge_agrees",
     "make_grpo_reward",
     "peak_rss_mb",
     "prepare_checkpoint_dir",

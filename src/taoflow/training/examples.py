@@ -15,6 +15,7 @@ import pandas as pd
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import DPOParams, GRPOParams, KTOParams, RFTParams, TrainParams
 from taoflow.core.text import as_messages
+from taoflow.training.gates import JUDGE_AGREES, apply_gates
 
 REJECT_COLUMNS = ["prompt_id", "candidate_id", "round", "reason"]
 
@@ -148,29 +149,42 @@ def build_dpo_pairs(
     prompts: pd.DataFrame,
     settings: DPOParams,
     task: TaskParams | None = None,
+    *,
+    judge: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Preference pairs within each prompt's group: i-th best vs i-th worst, gap ≥ ``min_margin``.
 
     Zero-signal groups give no pair (no preference to learn); equal rewards are never paired,
-    whatever the margin; a truncated candidate is never the chosen one unless allowed.
+    whatever the margin; a truncated candidate is never the chosen one unless allowed. With
+    ``judge`` (``train.gates.chosen_from: judge``, rows carrying ``judge_agrees``) the chosen
+    side is drawn from candidates the judge agrees with and the rejected side from the ones it
+    rejects, best and worst by reward within each side; the judge's verdict is the preference,
+    so ``min_margin`` does not apply and a group without both verdicts gives no pair.
     """
     usable, rejects = _usable_candidates(scored, prompts)
     messages = prompts.set_index("prompt_id")["messages"]
     rows = []
     for prompt_id, group in usable.groupby("prompt_id", sort=True):
-        if _is_zero_signal(group):
+        if judge and group[JUDGE_AGREES].nunique() <= 1:
+            rejects.append(_rejects(group, "no judge contrast (judge agrees with all or none)"))
+            continue
+        if not judge and _is_zero_signal(group):
             rejects.append(_rejects(group, "zero-signal group"))
             continue
         ranked = _ranked(group)
-        chosen_pool = ranked if settings.allow_truncated_chosen else ranked[~ranked["truncated"]]
-        worst = ranked.iloc[::-1]
+        chosen_pool, worst = ranked, ranked.iloc[::-1]
+        if judge:
+            agrees = ranked[JUDGE_AGREES].astype(bool)
+            chosen_pool, worst = ranked[agrees], ranked[~agrees].iloc[::-1]
+        if not settings.allow_truncated_chosen:
+            chosen_pool = chosen_pool[~chosen_pool["truncated"]]
         used: set[str] = set()
         for i in range(min(settings.pairs_per_prompt, len(chosen_pool), len(worst))):
             chosen, rejected = chosen_pool.iloc[i], worst.iloc[i]
             gap = float(chosen["reward"]) - float(rejected["reward"])
             if chosen["candidate_id"] in used or rejected["candidate_id"] in used:
                 break
-            if gap <= 0 or gap < settings.min_margin:
+            if not judge and (gap <= 0 or gap < settings.min_margin):
                 break
             used.update((chosen["candidate_id"], rejected["candidate_id"]))
             rows.append(
@@ -188,7 +202,8 @@ def build_dpo_pairs(
             )
         unused = group[~group["candidate_id"].isin(used)]
         if len(unused):
-            rejects.append(_rejects(unused, f"not paired (gap < min_margin={settings.min_margin})"))
+            why = "beyond pairs_per_prompt" if judge else f"gap < min_margin={settings.min_margin}"
+            rejects.append(_rejects(unused, f"not paired ({why})"))
     columns = ["prompt_id", "round", "prompt", "chosen", "rejected", "chosen_id", "rejected_id"]
     pairs = pd.DataFrame(rows, columns=[*columns, "chosen_reward", "rejected_reward"])
     rejects_df = _concat_rejects(rejects)
@@ -209,8 +224,14 @@ def build_rft_examples(
     prompts: pd.DataFrame,
     settings: RFTParams,
     task: TaskParams | None = None,
+    *,
+    judge: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Best-of-N distillation: per prompt, the top-k candidates with reward ≥ ``min_reward``."""
+    """Best-of-N distillation: per prompt, the top-k candidates with reward ≥ ``min_reward``.
+
+    With ``judge`` (``train.gates.chosen_from: judge``) only candidates the judge agrees with
+    may be targets.
+    """
     usable, rejects = _usable_candidates(scored, prompts)
     messages = prompts.set_index("prompt_id")["messages"]
     rows = []
@@ -222,6 +243,8 @@ def build_rft_examples(
         keep = ranked["reward"] >= settings.min_reward
         if not settings.allow_truncated:
             keep &= ~ranked["truncated"]
+        if judge:
+            keep &= ranked[JUDGE_AGREES].astype(bool)
         if settings.dedupe:
             keep &= ~ranked["completion"].str.strip().duplicated()
         selected = ranked[keep].head(settings.top_k)
@@ -241,7 +264,8 @@ def build_rft_examples(
             rejects.append(
                 _rejects(
                     rest,
-                    f"not selected (reward < {settings.min_reward}, truncated, duplicate or "
+                    f"not selected (reward < {settings.min_reward}, "
+                    f"{'judge disagrees, ' if judge else ''}truncated, duplicate or "
                     f"beyond top_k={settings.top_k})",
                 )
             )
@@ -358,5 +382,36 @@ def build_examples(
     settings: TrainParams,
     task: TaskParams | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Dispatch to the active algorithm's builder."""
-    return BUILDERS[settings.algorithm](scored, prompts, settings.algo, task)
+    """Dispatch to the active algorithm's builder, behind ``train.gates``."""
+    examples, rejects, _ = build_gated_examples(scored, prompts, settings, task)
+    return examples, rejects
+
+
+def build_gated_examples(
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    settings: TrainParams,
+    task: TaskParams | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """Examples, rejects and the share of prompts each active gate kept.
+
+    With every gate off the builder sees ``scored`` exactly as before (same rows, same order),
+    so the examples are unchanged; otherwise it sees only the rows the gates trusted, and the
+    gated-out rows join the rejects with their gate's name.
+    """
+    builder = BUILDERS[settings.algorithm]
+    gates = settings.gates
+    if not gates.active:
+        examples, rejects = builder(scored, prompts, settings.algo, task)
+        return examples, rejects, {}
+    usable, rejects = _usable_candidates(scored, prompts)
+    outcome = apply_gates(usable, gates)
+    rejects.extend(_rejects(rows, reason) for rows, reason in outcome.dropped)
+    if outcome.kept.empty:
+        raise ValueError(
+            f"train.gates: no scored row passed the gates ({len(scored)} scored rows; share of "
+            f"prompts each gate kept: {outcome.kept_share}). Loosen train.gates."
+        )
+    extra = {"judge": True} if gates.judge_choice else {}
+    examples, built_rejects = builder(outcome.kept, prompts, settings.algo, task, **extra)
+    return examples, _concat_rejects([*rejects, built_rejects]), outcome.kept_share

@@ -148,11 +148,15 @@ def build_trainer(
     seed: int,
     callbacks: list[Any],
     reward_fn: Callable[..., list[float]] | None,
+    reference: Policy | None = None,
 ) -> Any:
     """The TRL trainer for the configured algorithm, with its config and dataset.
 
-    ``ref_model`` is never passed: with LoRA the adapter-disabled model is the reference (no
-    copy in memory); in full fine-tuning dpo/kto precompute reference log-probs up front.
+    Without ``reference`` no ``ref_model`` is passed: with LoRA the adapter-disabled model is
+    the reference (no copy in memory); in full fine-tuning dpo/kto precompute reference
+    log-probs up front with the model before training. With ``reference`` (dpo,
+    ``train.dpo_reference: initial``) that model is DPO's ``ref_model``; TRL precomputes the
+    log-probs with it when ``precompute_ref_log_probs`` is on.
     """
     import trl
 
@@ -171,6 +175,13 @@ def build_trainer(
     trainers = {"dpo": "DPOTrainer", "rft": "SFTTrainer", "kto": "KTOTrainer"}
     if settings.algorithm == "grpo":
         return trl.GRPOTrainer(reward_funcs=[reward_fn], **common)
+    if reference is not None:
+        if settings.algorithm != "dpo":
+            raise ValueError(f"a reference policy is a dpo option, not {settings.algorithm}'s")
+        if reference.model is policy.model:
+            raise ValueError("the reference policy must be a separate copy of the model")
+        reference.model.eval()
+        common["ref_model"] = reference.model
     return getattr(trl, trainers[settings.algorithm])(**common)
 
 
@@ -190,6 +201,7 @@ def train_policy(
     reward_fn: Callable[..., list[float]] | None = None,
     callbacks: Sequence[Any] = (),
     metrics_prefix: str | None = None,
+    reference: Policy | None = None,
 ) -> tuple[Policy, dict[str, float], Curves]:
     """Train ``policy`` (in place) on ``examples``; resume a matching interrupted run.
 
@@ -197,7 +209,8 @@ def train_policy(
     ``adapter`` when LoRA is on —, a flat dict of run numbers for the stage's metrics, and the
     per-step curves (``{name: [{"value", "step"}, ...]}``) named ``<metrics_prefix>.<log key>``
     (default prefix ``train.round_<k>``; a baseline trained in the same run passes its own so
-    the histories do not interleave).
+    the histories do not interleave). ``reference`` is DPO's fixed reference model (see
+    :func:`build_trainer`); None keeps TRL's own (the policy as it enters training).
     """
     from transformers import set_seed
 
@@ -218,6 +231,7 @@ def train_policy(
         seed=train_seed,
         callbacks=[steps, *callbacks],
         reward_fn=reward_fn,
+        reference=reference,
     )
     if last:
         logger.info("Resuming %s training from %s", settings.algorithm, last)
@@ -232,6 +246,8 @@ def train_policy(
         global_step=int(trainer.state.global_step),
         resumed_from=Path(last).name if last else None,
     )
+    if reference is not None:
+        trained.lineage["reference"] = reference.name
     metrics = _run_metrics(trainer, result, examples, wall, resumed=bool(last))
     cleanup_checkpoints(directory, keep=settings.keep_checkpoints)
     return trained, metrics, steps.curves

@@ -27,6 +27,7 @@ from kedro.pipeline import Pipeline, pipeline
 
 from taoflow.config.graph import graph_parameters
 from taoflow.config.tao import TaoParams
+from taoflow.config.train import TrainParams
 from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
 from taoflow.pipelines.audit.pipeline import create_template as audit_template
 from taoflow.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
@@ -47,22 +48,31 @@ from taoflow.pipelines.train.pipeline import create_template as train_template
 BASE = "base_model"
 
 
-def round_template() -> Pipeline:
-    """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy."""
+def round_template(reference: bool = False) -> Pipeline:
+    """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy.
+
+    ``reference``: training also reads ``reference_policy`` (DPO's fixed reference).
+    """
     return (
         generate_template()
         + score_template()
-        + train_template()
+        + train_template(reference=reference)
         + health_template(select_policy=True, probe_policy=True)
     )
 
 
-def create_round(k: int, input_policy: str) -> Pipeline:
-    """Round ``k`` under namespace ``round_k``, starting from the catalog entry ``input_policy``."""
-    template = round_template()
+def create_round(k: int, input_policy: str, reference_policy: str | None = None) -> Pipeline:
+    """Round ``k`` under namespace ``round_k``, starting from the catalog entry ``input_policy``.
+
+    ``reference_policy`` (a catalog entry, the base model) is wired as DPO's fixed reference;
+    None leaves the template without that input.
+    """
+    template = round_template(reference=reference_policy is not None)
     free = {name for name in template.inputs() if not name.startswith("params:")}
     inputs = {name: name for name in free}
     inputs.update(input_policy=input_policy, health_reference="health_base_probe")
+    if reference_policy is not None:
+        inputs["reference_policy"] = reference_policy
     return pipeline(
         template, namespace=f"round_{k}", inputs=inputs, parameters=shared_params(template)
     )
@@ -76,7 +86,9 @@ def create_audit(k: int) -> Pipeline:
 
 
 def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
-    tao: TaoParams = graph_parameters().get("tao") or TaoParams()
+    params = graph_parameters()
+    tao: TaoParams = params.get("tao") or TaoParams()
+    train: TrainParams = params.get("train") or TrainParams()
     rounds = tao.rounds if rounds is None else rounds
     composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
     models, health = {"base": BASE}, {}
@@ -88,7 +100,9 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     namespaces = []
     for k in range(1, rounds + 1):
         namespace = f"round_{k}"
-        composed += create_round(k, policy)
+        # round 1 trains the base model itself: its own reference already
+        reference = BASE if k > 1 and train.reference_is_initial else None
+        composed += create_round(k, policy, reference)
         if tao.audit_rewards:
             composed += create_audit(k)
         policy = f"{namespace}.next_policy"

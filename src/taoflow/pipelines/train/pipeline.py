@@ -13,8 +13,13 @@ SHARED_PARAMETERS = {
 }
 
 
-def create_template(**kwargs) -> Pipeline:
-    """The un-namespaced round template; ``tao`` instantiates it once per round."""
+def create_template(reference: bool = False, **kwargs) -> Pipeline:
+    """The un-namespaced round template; ``tao`` instantiates it once per round.
+
+    ``reference``: the training node also takes ``reference_policy`` (DPO's fixed reference,
+    ``train.dpo_reference: initial``); off, the graph is the one without that option.
+    """
+    extra = {"reference_policy": "reference_policy"} if reference else {}
     return Pipeline(
         [
             node(
@@ -34,6 +39,7 @@ def create_template(**kwargs) -> Pipeline:
                     "seed": "params:seed",
                     "task": "params:task",
                     "score": "params:score",
+                    **extra,
                 },
                 outputs=["policy", "train_metrics"],
                 name="train_policy",
