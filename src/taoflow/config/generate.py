@@ -24,6 +24,7 @@ class StrategyParams(StrictModel):
         None, description="replaces the system turn (None: the prompt's, else the task's)"
     )
     instruction: str | None = Field(None, description="appended to the last user turn")
+    view: str | None = Field(None, description="a task.views name: answer that rewrite")
 
     @property
     def greedy(self) -> bool:

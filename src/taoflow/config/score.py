@@ -57,6 +57,20 @@ class MajorityVoteParams(ScorerParams):
     no_majority_value: float = 0.0
 
 
+class CrossViewParams(ScorerParams):
+    type: Literal["cross_view"] = "cross_view"
+    answer: AnswerParams | None = Field(None, description="Extractor; null: the task's.")
+    views: dict[str, str] | None = Field(
+        None, description="strategy → view name; null: each strategy is its own view"
+    )
+    ties: Literal["none", "all", "first"] = "none"
+    min_agreement: float = 0.0
+    agree_value: float = 1.0
+    disagree_value: float = 0.0
+    no_answer_value: float = 0.0
+    no_majority_value: float = 0.0
+
+
 class SemanticConsensusParams(ScorerParams):
     type: Literal["semantic_consensus"] = "semantic_consensus"
     model: str | None = Field(None, description="Embedding model; null: the packaged one.")
@@ -134,6 +148,7 @@ class CustomScorerParams(ScorerParams):
 
 BUILTIN_PARAMS: dict[str, type[ScorerParams]] = {
     "majority_vote": MajorityVoteParams,
+    "cross_view": CrossViewParams,
     "semantic_consensus": SemanticConsensusParams,
     "reward_model": RewardModelParams,
     "verifier": VerifierParams,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from taoflow.config.base import StrictModel
 
@@ -29,9 +29,32 @@ class AnswerParams(StrictModel):
     field: str | None = None
 
 
+class ViewParams(StrictModel):
+    """A semantically equivalent rewrite of a prompt's last user turn (same correct answer).
+
+    ``reorder_terms``: the signed terms of its one ``a + b - c`` expression in reverse order
+    (the sum is unchanged; a prompt without exactly one such expression is left as is).
+    ``template``: ``template`` with ``{question}`` replaced by the user turn (a paraphrase).
+    """
+
+    kind: Literal["reorder_terms", "template"]
+    template: str | None = Field(None, description="template kind: text with {question}")
+
+    @model_validator(mode="after")
+    def _template(self) -> ViewParams:
+        if self.kind == "template" and "{question}" not in (self.template or ""):
+            raise ValueError("a template view needs 'template' containing {question}")
+        if self.kind != "template" and self.template is not None:
+            raise ValueError(f"'template' belongs to template views, not {self.kind}")
+        return self
+
+
 class TaskParams(StrictModel):
     """How prompts are framed and answers read."""
 
     name: str = "task"
     system_prompt: str | None = None
     answer: AnswerParams = AnswerParams()
+    views: dict[str, ViewParams] = Field(
+        default_factory=dict, description="name → rewrite a generate strategy may answer"
+    )

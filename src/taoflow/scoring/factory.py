@@ -19,6 +19,7 @@ from taoflow.scoring.base import ScoreResult
 
 BUILTIN_SCORERS: dict[str, str] = {
     "majority_vote": "taoflow.scoring.majority:MajorityVoteScorer",
+    "cross_view": "taoflow.scoring.cross_view:CrossViewScorer",
     "semantic_consensus": "taoflow.scoring.semantic:SemanticConsensusScorer",
     "reward_model": "taoflow.scoring.reward_model:RewardModelScorer",
     "verifier": "taoflow.scoring.verifier:VerifierScorer",

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.generate import GenerateParams, StrategyParams
-from taoflow.config.shared import TaskParams
+from taoflow.config.shared import TaskParams, ViewParams
 from taoflow.core.ids import derive_seed, stable_hash
 from taoflow.core.text import row_messages
 from taoflow.core.tracking import mlflow_metrics
@@ -28,6 +28,7 @@ from taoflow.generation import (
     generate_completions,
     policy_fingerprint,
 )
+from taoflow.generation.views import view_conversation
 from taoflow.models import Policy
 
 
@@ -36,9 +37,38 @@ def named_strategies(generate: GenerateParams) -> list[tuple[str, StrategyParams
     return list(generate.strategies.items())
 
 
-def strategy_key(name: str, strategy: StrategyParams) -> dict[str, Any]:
-    """A strategy as it enters the shard ids (name first, then its settings in field order)."""
-    return {"name": name, **strategy.model_dump()}
+def strategy_key(
+    name: str, strategy: StrategyParams, view: ViewParams | None = None
+) -> dict[str, Any]:
+    """A strategy as it enters the shard ids (name first, then its settings in field order).
+
+    A strategy without a view hashes as it did before views existed (same shard ids); one with
+    a view also hashes the view's definition, so editing a template regenerates its shards.
+    """
+    settings = strategy.model_dump()
+    if settings.get("view") is None:
+        settings.pop("view", None)
+    key = {"name": name, **settings}
+    if view is not None:
+        key["view_definition"] = view.model_dump()
+    return key
+
+
+def strategy_views(
+    strategies: list[tuple[str, StrategyParams]], task: TaskParams
+) -> dict[str, ViewParams]:
+    """Strategy name → the task view it answers (strategies without ``view`` absent)."""
+    views = {}
+    for name, strategy in strategies:
+        if strategy.view is None:
+            continue
+        if strategy.view not in task.views:
+            raise ValueError(
+                f"generate.strategies.{name}.view is {strategy.view!r}, which task.views does "
+                f"not declare (it has {sorted(task.views)})"
+            )
+        views[name] = task.views[strategy.view]
+    return views
 
 
 def allocate_candidates(
@@ -117,12 +147,13 @@ def generate_candidates(
     """
     num_candidates, shard_size = generate.num_candidates, generate.shard_size
     strategies = named_strategies(generate)
+    views = strategy_views(strategies, task)
     train = select_train_prompts(prompts)
     allocation = allocate_candidates(len(train), num_candidates, [s.weight for _, s in strategies])
     round_ = _round_of(input_policy)
     default_system = task.system_prompt
     plan_key = {
-        "strategies": [strategy_key(name, s) for name, s in strategies],
+        "strategies": [strategy_key(name, s, views.get(name)) for name, s in strategies],
         "num_candidates": num_candidates,
         "shard_size": shard_size,
         "token_budget": generate.token_budget,
@@ -148,6 +179,7 @@ def generate_candidates(
             conversations=chunk["messages"].tolist(),
             counts=counts,
             strategies=strategies,
+            views=views,
             shard_seed=derive_seed(seed, round_, index),
             round_=round_,
             default_system=default_system,
@@ -165,6 +197,7 @@ def _shard_job(
     conversations: list[list[dict]],
     counts: list[list[int]],
     strategies: list[tuple[str, StrategyParams]],
+    views: dict[str, ViewParams],
     shard_seed: int,
     round_: int,
     default_system: str | None,
@@ -179,16 +212,17 @@ def _shard_job(
             live = [i for i, n in enumerate(wanted) if n]
             if not live:
                 continue
+            viewed = [view_conversation(conversations[i], views.get(name)) for i in live]
             outputs = generate_completions(
                 policy,
                 [
                     frame_conversation(
-                        conversations[i],
+                        messages,
                         system_prompt=strategy.system_prompt,
                         instruction=strategy.instruction,
                         default_system=default_system,
                     )
-                    for i in live
+                    for messages, _ in viewed
                 ],
                 num_return_sequences=[wanted[i] for i in live],
                 do_sample=not strategy.greedy,
@@ -201,7 +235,7 @@ def _shard_job(
                 progress=f"shard {shard_id[:5]} {name}",
                 backend=backend,
             )
-            for i, samples in zip(live, outputs, strict=True):
+            for i, samples, (_, rewritten) in zip(live, outputs, viewed, strict=True):
                 for j, sample in enumerate(samples):
                     candidate_id = stable_hash([prompt_ids[i], round_, name, j, sample["seed"]])
                     records.append(
@@ -214,7 +248,10 @@ def _shard_job(
                             temperature=strategy.temperature,
                         )
                     )
-        frame = pd.DataFrame.from_records(records, columns=CANDIDATE_COLUMNS)
+                    if views:
+                        records[-1]["view_rewritten"] = rewritten if name in views else None
+        columns = [*CANDIDATE_COLUMNS, "view_rewritten"] if views else CANDIDATE_COLUMNS
+        frame = pd.DataFrame.from_records(records, columns=columns)
         frame["shard_id"] = shard_id
         frame["shard_seconds"] = time.perf_counter() - started
         return frame
@@ -254,6 +291,11 @@ def collect_candidates(
     }
     for strategy, group in candidates.groupby("strategy", sort=True):
         reasons = group["finish_reason"].value_counts()
+        if "view_rewritten" in shards.columns:
+            rewritten = shards.loc[shards["strategy"] == strategy, "view_rewritten"]
+            if rewritten.notna().any():  # a strategy answering a view: prompts left as they were
+                kept = shards.loc[rewritten.index[~rewritten.astype(bool)], "prompt_id"]
+                values[f"{strategy}.view_unparsed_prompts"] = int(kept.nunique())
         values[f"{strategy}.candidates"] = len(group)
         values[f"{strategy}.mean_completion_tokens"] = float(group["n_tokens"].mean())
         for reason in ("stop", "length"):
