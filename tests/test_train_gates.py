@@ -191,3 +191,79 @@ def test_train_node_reports_each_gates_kept_share():
         synthetic_scored(), synthetic_prompts(), settings("rft"), TASK
     )
     assert not any("gate_kept_share" in name for name in plain)
+
+
+# ---------------------------------------------------------------- dpo_reference: initial
+
+
+def _tao_graph(monkeypatch, rounds: int, **train):
+    from taoflow.config.tao import TaoParams
+    from taoflow.pipelines.tao import pipeline as tao
+
+    params = {"tao": TaoParams(rounds=rounds), "train": TrainParams.model_validate(train)}
+    monkeypatch.setattr(tao, "graph_parameters", lambda: params)
+    graph = tao.create_pipeline()
+    return {n.name: n.inputs for n in graph.nodes if n.name.endswith(".train_policy")}
+
+
+def test_initial_reference_wires_the_base_model_from_round_two(monkeypatch):
+    today = _tao_graph(monkeypatch, 3)
+    assert all(
+        "base_model" not in inputs
+        for name, inputs in today.items()
+        if name != "round_1.train_policy"
+    )
+    initial = _tao_graph(monkeypatch, 3, dpo_reference="initial")
+    assert initial["round_1.train_policy"] == today["round_1.train_policy"]
+    for k in (2, 3):
+        assert initial[f"round_{k}.train_policy"] == [
+            *today[f"round_{k}.train_policy"],
+            "base_model",
+        ]
+    # another algorithm has no DPO reference: the graph stays as it is
+    assert _tao_graph(monkeypatch, 3, algorithm="rft", dpo_reference="initial") == _tao_graph(
+        monkeypatch, 3, algorithm="rft"
+    )
+
+
+def _dpo_run(tiny_model_dir, tmp_path, name, reference=None):
+    from taoflow.models import load_policy
+    from taoflow.training import train_policy
+    from tests.test_train import tiny_params
+
+    params = tiny_params(tmp_path / name, "dpo", dpo_reference="initial")
+    params["dpo"]["min_margin"] = 0.1
+    settings = TrainParams.model_validate(params)
+    scored, prompts = synthetic_scored(), synthetic_prompts()
+    examples, _ = build_examples(scored, prompts, settings, TASK)
+    return train_policy(
+        load_policy(str(tiny_model_dir)),
+        examples,
+        settings,
+        seed=0,
+        round_=2,
+        data_hashes={"scored": frame_hash(scored)},
+        reference=reference,
+    )
+
+
+def test_dpo_trains_against_the_reference_it_is_given(tiny_model_dir, tmp_path):
+    import torch
+
+    from taoflow.models import load_policy
+
+    plain, _, plain_curves = _dpo_run(tiny_model_dir, tmp_path, "plain")
+    # a reference with the policy's own weights: the same training as TRL's default reference
+    same = load_policy(str(tiny_model_dir))
+    same_trained, _, _ = _dpo_run(tiny_model_dir, tmp_path, "same", reference=same)
+    for key, value in plain.model.state_dict().items():
+        assert torch.allclose(value, same_trained.model.state_dict()[key], atol=1e-6)
+    assert same_trained.lineage["reference"] == same.name and "reference" not in plain.lineage
+    # a different reference (another base) changes the reference log-probs, hence the loss
+    other = load_policy(str(tiny_model_dir))
+    with torch.no_grad():
+        for parameter in other.model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    _, _, other_curves = _dpo_run(tiny_model_dir, tmp_path, "other", reference=other)
+    first = plain_curves["train.round_2.loss"][0]["value"]
+    assert other_curves["train.round_2.loss"][0]["value"] != pytest.approx(first, rel=1e-4)
