@@ -28,6 +28,8 @@ from kedro.pipeline import Pipeline, pipeline
 from taoflow.config.graph import graph_parameters
 from taoflow.config.tao import TaoParams
 from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
+from taoflow.pipelines.audit.pipeline import SIGNAL_PARAMETERS
+from taoflow.pipelines.audit.pipeline import create_signal_template as signal_template
 from taoflow.pipelines.audit.pipeline import create_template as audit_template
 from taoflow.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
 from taoflow.pipelines.generate.pipeline import create_template as generate_template
@@ -38,7 +40,9 @@ from taoflow.pipelines.health.pipeline import (
 )
 from taoflow.pipelines.health.pipeline import create_template as health_template
 from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from taoflow.pipelines.judge_distill.pipeline import create_pipeline as judge_distill_pipeline
 from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
+from taoflow.pipelines.prepare_extra.pipeline import create_pipeline as prepare_extra_pipeline
 from taoflow.pipelines.promote.pipeline import create_pipeline as promote_pipeline
 from taoflow.pipelines.score.pipeline import create_template as score_template
 from taoflow.pipelines.sft_oracle.pipeline import create_pipeline as sft_oracle_pipeline
@@ -75,6 +79,11 @@ def create_audit(k: int) -> Pipeline:
     return pipeline(template, namespace=f"round_{k}", inputs=inputs, parameters=AUDIT_PARAMETERS)
 
 
+def create_signal(k: int) -> Pipeline:
+    """Round ``k``'s label-free signal estimate (no gold), logged before training reads scored."""
+    return pipeline(signal_template(), namespace=f"round_{k}", parameters=SIGNAL_PARAMETERS)
+
+
 def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     tao: TaoParams = graph_parameters().get("tao") or TaoParams()
     rounds = tao.rounds if rounds is None else rounds
@@ -84,11 +93,15 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         # the labeled-training yardstick; evaluated beside TAO, never gated
         composed += sft_oracle_pipeline()
         models["sft_oracle"] = "sft_oracle.policy"
+    if tao.judge_distill:
+        # plain distillation of the judge (reads judge_references); evaluated, never gated
+        composed += judge_distill_pipeline()
+        models["judge_distill"] = "judge_distill.policy"
     policy = BASE
     namespaces = []
     for k in range(1, rounds + 1):
         namespace = f"round_{k}"
-        composed += create_round(k, policy)
+        composed += create_round(k, policy) + create_signal(k)
         if tao.audit_rewards:
             composed += create_audit(k)
         policy = f"{namespace}.next_policy"
@@ -96,6 +109,8 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         health[namespace] = f"{namespace}.health"
         namespaces.append(namespace)
     composed += create_report_pipeline(namespaces)
+    # extra models (evaluate.extra_models, e.g. the judge) are evaluated, never promoted
+    composed += prepare_extra_pipeline()
     return (
         composed + evaluate_pipeline(models=models) + promote_pipeline(models=models, health=health)
     )
