@@ -30,4 +30,4 @@ def configured_models(graph: dict[str, Any]) -> dict[str, str]:
 
 def extra_model_datasets(params: EvaluateParams) -> dict[str, str]:
     """``evaluate.extra_models``: display name → the dataset ``prepare_extra`` saves it as."""
-    return {name: f"extra_model_{name}" for name in params.extra_models}
+    return {name: f"extra_policy_{name}" for name in params.extra_models}

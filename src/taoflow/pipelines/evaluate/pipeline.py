@@ -10,7 +10,7 @@ label-free ``holdout`` benchmark reads ``prompts``); ``enabled: false`` leaves o
 ``from`` model's sampled outputs, no generation node of its own; each
 ``evaluate.best_of_n.variants`` entry adds one more (its own scorers, ``eval_selected_<name>``).
 ``evaluate.extra_models`` (e.g. the frozen judge) are evaluated beside the others from the
-``extra_model_<name>`` datasets the ``prepare_extra`` stage saves.
+``extra_policy_<name>`` datasets the ``prepare_extra`` stage saves.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from taoflow.models import Policy, load_policy
 def prepare_extra_model(
     evaluate: EvaluateParams, model: Mapping[str, Any], *, name: str
 ) -> tuple[Policy, dict[str, dict[str, float]]]:
-    """Load ``evaluate.extra_models[name]`` (e.g. the frozen judge) as ``extra_model_<name>``.
+    """Load ``evaluate.extra_models[name]`` (e.g. the frozen judge) as ``extra_policy_<name>``.
 
     Resolving a reference (converting an embedded GGUF, fetching a hub model) is this node's job
     alone, as ``prepare_base`` does for the base model: evaluate's nodes only read the saved

@@ -1,4 +1,4 @@
-"""prepare_extra: one node per ``evaluate.extra_models`` entry → ``extra_model_<name>``.
+"""prepare_extra: one node per ``evaluate.extra_models`` entry → ``extra_policy_<name>``.
 
 Empty when no extra model is configured (the default). The graph follows the configuration.
 """
@@ -19,8 +19,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(
             update_wrapper(partial(prepare_extra_model, name=name), prepare_extra_model),
             inputs=["params:evaluate", "params:model"],
-            outputs=[dataset, f"{dataset}_metrics"],
-            name=f"prepare_{dataset}",
+            outputs=[dataset, f"extra_model_{name}_metrics"],
+            name=f"prepare_extra_model_{name}",
         )
         for name, dataset in extra_model_datasets(params).items()
     ]
