@@ -103,3 +103,140 @@ def test_audit_without_any_gold_answer_says_so():
 def test_audit_rejects_unordered_bins():
     with pytest.raises(ParameterError, match=r"audit\.agreement_bins.*increasing"):
         validate_block("audit", {"agreement_bins": [1, 0]})
+
+
+# --------------------------------------------------------------------------- every scorer
+
+
+def _two_scorer_frame() -> pd.DataFrame:
+    """3 prompts × 4 candidates with a vote and a judge that disagree on b (gold: a 3, b 3, c 6)."""
+    groups = {
+        # answers, vote score, judge score, judge confidence
+        "a": (["3", "3", "3", "4"], [1, 1, 1, 0], [0.9, 0.8, 0.7, 0.1], 0.9),
+        "b": (["7", "7", "3", "1"], [1, 1, 0, 0], [0.2, 0.2, 0.9, 0.1], 0.4),
+        "c": (["5", "5", "6", "6"], [0, 0, 0, 0], [0.1, 0.1, 0.8, 0.8], 0.8),
+    }
+    rows = []
+    for pid, (answers, vote, judge, confidence) in groups.items():
+        agreement = max(answers.count(a) for a in answers) / len(answers)
+        for i, answer in enumerate(answers):
+            rows.append(
+                {
+                    "prompt_id": pid,
+                    "candidate_id": f"{pid}-{i}",
+                    "round": 1,
+                    "completion": f"The answer is {answer}.",
+                    "answer": answer,
+                    "score_majority_vote": float(vote[i]),
+                    "score_judge": judge[i],
+                    "judge_confidence": confidence,
+                    "majority_vote_agreement": agreement,
+                    "agreement": agreement,
+                    "reward": vote[i] + 0.5 * judge[i],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_every_scorer_gets_precision_auc_and_confidence_buckets():
+    from taoflow.pipelines.audit.nodes import audit_scorers
+
+    scored = _two_scorer_frame()
+    prompts = prompts_frame({"a": "1 + 2", "b": "4 - 1", "c": "2 + 4"})
+    gold = pd.DataFrame(
+        {"question": [Q.format(q) for q in ("1 + 2", "4 - 1", "2 + 4")], "answer": ["3", "3", "6"]}
+    )
+    table, metrics = audit_scorers(
+        scored, prompts, gold, AuditParams(agreement_bins=[0, 0.5, 1]), TASK
+    )
+    overall = table[table["bucket"] == "all"].set_index("scorer")
+    assert list(overall.index) == ["majority_vote", "judge", "reward"]
+    # vote: a right, b wrong (7), c all tie → earliest "5" wrong; judge: a, b, c right
+    assert overall.at["majority_vote", "precision"] == pytest.approx(1 / 3)
+    assert overall.at["judge", "precision"] == pytest.approx(1.0)
+    assert overall.at["reward", "precision"] == pytest.approx(2 / 3)  # b: 1 + 0.1 beats 0 + 0.45
+    # AUC: vote a 1.0, b 1/6 (the right "3" ties one wrong "1" at 0), c 0.5 (all tied);
+    # the judge separates every group
+    assert overall.at["majority_vote", "auc"] == pytest.approx((1 + 1 / 6 + 0.5) / 3)
+    assert overall.at["judge", "auc"] == pytest.approx(1.0)
+    assert overall.at["judge", "confidence_column"] == "judge_confidence"
+    assert overall.at["majority_vote", "confidence_column"] == "majority_vote_agreement"
+    judge = table[table["scorer"] == "judge"].set_index("bucket")
+    assert judge.at["confidence_0.00_0.50", "n_prompts"] == 1  # b at 0.4
+    assert judge.at["confidence_0.50_1.00", "share"] == pytest.approx(2 / 3)
+    assert metrics["audit.round_1.scorers.judge.precision"]["value"] == 1.0
+    vote = table[table["scorer"] == "majority_vote"].set_index("bucket")
+    assert vote.at["confidence_0.50_1.00", "n_prompts"] == 1  # a (0.75); b, c at 0.5 below
+    key = "audit.round_1.scorers.majority_vote.confidence_0.00_0.50.precision"
+    assert metrics[key]["value"] == 0.0  # b and c: the vote's pick is wrong on both
+
+
+def test_label_free_signal_quality_needs_no_gold_and_reads_gates():
+    from pydantic import BaseModel
+
+    from taoflow.config.train import TrainParams
+    from taoflow.pipelines.audit.nodes import assess_signal_quality, build_audit_report
+    from taoflow.scoring.quality import gate_keep, signal_quality
+
+    scored = _two_scorer_frame()
+    table, values = signal_quality(scored)
+    # preferred answers: vote a 3, b 7, c 5; judge a 3, b 3, c 6 → they agree on a only
+    assert values["agreement.majority_vote__judge"] == pytest.approx(1 / 3)
+    assert values["signal_share.majority_vote"] == pytest.approx(2 / 3)  # c all tied
+    assert values["signal_share.judge"] == 1.0
+    assert values["mean_agreement"] == pytest.approx((0.75 + 0.5 + 0.5) / 3)
+    assert "gate.keep_share" not in values
+
+    class Gates(BaseModel):
+        min_agreement: float = 0.6
+        max_judge_confidence: float = 0.85
+        enabled: bool = True
+
+    keep = gate_keep(scored, Gates())
+    assert keep == {
+        "gate.min_agreement.keep_share": pytest.approx(1 / 3),
+        "gate.max_judge_confidence.keep_share": pytest.approx(2 / 3),
+        "gate.keep_share": 0.0,
+    }
+    table, metrics = assess_signal_quality(scored, TrainParams(), TASK)  # no gates: skipped
+    assert not any(".gate" in k for k in metrics)
+    assert metrics["signal.round_1.agreement.majority_vote__judge"]["value"] == pytest.approx(1 / 3)
+    report = build_audit_report(pd.DataFrame({"scorer": ["judge"], "precision": [1.0]}), table)
+    assert "Label-free signal quality" in report and "majority_vote__judge" in report
+
+
+def test_audit_pipeline_writes_scorer_audit_signal_quality_and_report(kedro_project):
+    import json
+
+    import mlflow
+    from kedro.framework.session import KedroSession
+
+    from taoflow.pipelines.audit.nodes import AUDIT_COLUMNS
+
+    scored = _two_scorer_frame()
+    questions = {"a": "1 + 2", "b": "4 - 1", "c": "2 + 4"}
+    (kedro_project / "data/05_model_input/round_1").mkdir(parents=True)
+    scored.to_parquet(kedro_project / "data/05_model_input/round_1/scored.parquet")
+    (kedro_project / "data/03_primary").mkdir(parents=True)
+    prompts_frame(questions).to_parquet(kedro_project / "data/03_primary/prompts.parquet")
+    with (kedro_project / "data/01_raw/usage_gold.jsonl").open("w") as handle:
+        for q, answer in zip(questions.values(), ["3", "3", "6"], strict=True):
+            handle.write(json.dumps({"question": Q.format(q), "answer": answer}) + "\n")
+    with KedroSession.create(project_path=kedro_project) as session:
+        session.run(pipeline_names=["audit"])
+    while mlflow.active_run():
+        mlflow.end_run()
+
+    reporting = kedro_project / "data/08_reporting/round_1"
+    assert list(pd.read_parquet(reporting / "reward_audit.parquet").columns) == AUDIT_COLUMNS
+    audit = pd.read_parquet(reporting / "scorer_audit.parquet")
+    overall = audit[audit["bucket"] == "all"].set_index("scorer")["precision"]
+    assert overall.to_dict() == pytest.approx(
+        {"majority_vote": 1 / 3, "judge": 1.0, "reward": 2 / 3}
+    )
+    signal = pd.read_parquet(reporting / "signal_quality.parquet")
+    assert "majority_vote__judge" in set(signal["name"])
+    assert "## Against gold answers" in (reporting / "audit_report.md").read_text()
+    (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
+    assert run.data.metrics["signal.round_1.agreement.majority_vote__judge"] == pytest.approx(1 / 3)
+    assert run.data.metrics["audit.round_1.scorers.judge.precision"] == 1.0

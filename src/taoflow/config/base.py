@@ -25,6 +25,7 @@ BLOCKS: dict[str, str] = {
     "promote": "taoflow.config.promote:PromoteParams",
     "audit": "taoflow.config.audit:AuditParams",
     "sft_oracle": "taoflow.config.sft_oracle:SftOracleParams",
+    "judge_distill": "taoflow.config.judge_distill:JudgeDistillParams",
     "reward_model": "taoflow.config.reward_model:RewardModelParams",
     "serve": "taoflow.serving.config:ServeConfig",
 }

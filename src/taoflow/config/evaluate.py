@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from taoflow.config.base import StrictModel
+from taoflow.config.score import ScorerEntry
 
 MODEL_NAME = r"^[A-Za-z0-9_]+$"
 LABELED_METRICS = ("accuracy", "pass@1", "maj@k", "pass@k")
@@ -77,6 +79,31 @@ class BenchmarkSpec(StrictModel):
         return out
 
 
+class BestOfNVariant(StrictModel):
+    """One more best-of-N row: the same pick, by its own scorers (and reference answers)."""
+
+    name: str = Field(pattern=MODEL_NAME, description="display name in results and report")
+    from_: str | None = Field(
+        None, alias="from", description="evaluated model whose samples are picked; None = baseline"
+    )
+    scorers: list[ScorerEntry] = Field(
+        default_factory=list, description="scorer entries as in score.scorers; empty = score's"
+    )
+    references: str | None = Field(
+        None,
+        description="extra model whose greedy answers are attached as judge_answer / "
+        "judge_confidence columns (the judge's reference answers to the benchmark items)",
+    )
+
+    def score_config(self, score: Any) -> Any:
+        """``params:score`` with this variant's scorers (the advantage settings kept)."""
+        if not self.scorers:
+            return score
+        raw = score.model_dump(mode="json") if hasattr(score, "model_dump") else dict(score)
+        raw["scorers"] = [entry.model_dump(mode="json") for entry in self.scorers]
+        return raw
+
+
 class BestOfNParams(StrictModel):
     """best-of-N: a derived model picking among the ``from`` model's k samples (no generation)."""
 
@@ -85,6 +112,28 @@ class BestOfNParams(StrictModel):
         None, alias="from", description="evaluated model whose samples are picked; None = baseline"
     )
     name: str = Field("best_of_n", description="display name in results and report")
+    variants: list[BestOfNVariant] = Field(
+        default_factory=list, description="more best-of-N rows, each with its own scorers"
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, variants: list[BestOfNVariant]) -> list[BestOfNVariant]:
+        names = [v.name for v in variants]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"duplicate best-of-N variant name(s) {duplicated}")
+        return variants
+
+
+class ExtraModelParams(StrictModel):
+    """A model evaluated beside the run's own: any model reference, loaded by a prepare node."""
+
+    model: str = Field(min_length=1, description="model reference (taoflow.models)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    greedy_only: bool = Field(
+        False, description="greedy completions only: accuracy, no k samples, no label-free rows"
+    )
 
 
 class EvaluateParams(StrictModel):
@@ -106,6 +155,22 @@ class EvaluateParams(StrictModel):
     report_examples: int = Field(5, description="regressions listed per model in the report")
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
     best_of_n: BestOfNParams = BestOfNParams()
+    extra_models: dict[str, ExtraModelParams] = Field(
+        default_factory=dict, description="display name → a model evaluated beside the run's"
+    )
+
+    @field_validator("extra_models")
+    @classmethod
+    def _extra_names(cls, models: dict[str, ExtraModelParams]) -> dict[str, ExtraModelParams]:
+        bad = [name for name in models if not re.match(MODEL_NAME, name)]
+        if bad:
+            raise ValueError(f"extra model name(s) {bad}: letters, digits, underscores only")
+        return models
+
+    def greedy_only(self, model: str) -> bool:
+        """Whether ``model`` is an extra model evaluated by its greedy completions alone."""
+        extra = self.extra_models.get(model)
+        return extra is not None and extra.greedy_only
 
     @field_validator("benchmarks")
     @classmethod

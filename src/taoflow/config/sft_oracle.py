@@ -16,12 +16,13 @@ from taoflow.config.train import LoraParams, RFTParams, TrainerParams, TrainPara
 TRAINER_ALGORITHM = "rft"  # the SFTTrainer path of taoflow.training: prompt + completion rows
 
 
-class SftOracleParams(StrictModel):
-    """How a train prompt finds its gold answer, what it is taught, and its training overrides."""
+class SupervisedBaselineParams(StrictModel):
+    """What an answer-source baseline (gold, judge) teaches and its training overrides.
 
-    match: Literal["exact", "embedded"] = Field(
-        "embedded", description="exact: the message is the gold question; embedded: or wraps one"
-    )
+    Shared by ``sft_oracle`` (gold answers) and ``judge_distill`` (the judge's answers): the
+    same example builder and trainer, only the answer source differs.
+    """
+
     completion_template: str = Field("{answer}", description="the assistant turn; {answer} = gold")
     output_dir: str = Field(
         "data/06_models/checkpoints/sft_oracle", description="checkpoints, apart from TAO's"
@@ -50,3 +51,11 @@ class SftOracleParams(StrictModel):
             override = getattr(self, block).model_dump(exclude_unset=True)
             merged[block] = {**merged.get(block, {}), **override}
         return TrainParams.model_validate(merged)
+
+
+class SftOracleParams(SupervisedBaselineParams):
+    """How a train prompt finds its gold answer, what it is taught, and its training overrides."""
+
+    match: Literal["exact", "embedded"] = Field(
+        "embedded", description="exact: the message is the gold question; embedded: or wraps one"
+    )

@@ -92,7 +92,8 @@ def generate_eval_outputs(
 ) -> dict[str, Callable[[], pd.DataFrame]]:
     """One model's evaluation generations as lazy shards (``ResumablePartitionedDataset``).
 
-    Labeled items get one greedy and ``k`` sampled completions, label-free items ``k`` samples.
+    Labeled items get one greedy and ``k`` sampled completions, label-free items ``k`` samples;
+    a ``greedy_only`` extra model gets the greedy completions alone.
     Seeds depend on the benchmark, mode and chunk, never on the model, so every model sees the
     same sampling noise. Shard ids hash the model's weights, settings and items: a retrained
     policy or a changed configuration never reuses a stale shard, an unchanged one resumes.
@@ -107,6 +108,9 @@ def generate_eval_outputs(
     for spec in params.enabled_benchmarks:
         items = benchmark_items(spec, source_table(sources, spec), task, params.limit)
         modes = ["greedy", "sampled"] if spec.kind == "labeled" else ["sampled"]
+        if params.greedy_only(model_name):
+            # an extra model evaluated by its greedy answers alone (a large judge on few cores)
+            modes = [m for m in modes if m == "greedy"]
         for mode in modes:
             for start in range(0, len(items), params.shard_size):
                 chunk = items.iloc[start : start + params.shard_size]

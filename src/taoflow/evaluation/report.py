@@ -53,6 +53,21 @@ def build_eval_report(
             "answer's. pass@1, maj@k and pass@k do not apply to it (–); label-free benchmarks "
             "leave it out, since their reward is what chose it.",
         ]
+    for variant in params.best_of_n.variants:
+        if variant.name in models:
+            source = variant.from_ or best_of_n_source(params)
+            scorers = ", ".join(e.scorer_name for e in variant.scorers) or "the score stage's"
+            refs = f"; reference answers: {variant.references}'s greedy ones" * bool(
+                variant.references
+            )
+            out += ["", f"`{variant.name}` is {source}'s best-of-N by scorers {scorers}{refs}."]
+    greedy_only = [m for m in models if params.greedy_only(m)]
+    if greedy_only:
+        out += [
+            "",
+            f"{', '.join(f'`{m}`' for m in greedy_only)}: evaluated by greedy completions only "
+            "(accuracy; no k samples, no label-free rows).",
+        ]
     for benchmark, rows in results.groupby("benchmark", sort=False):
         out += ["", f"## {benchmark}", ""]
         metrics = list(dict.fromkeys(rows["metric"]))

@@ -204,6 +204,15 @@ def _model_scores(
         if rows.empty:
             raise ValueError(f"no selected outputs for {model!r} on {spec.name!r}")
         return best_of_n_scores(rows, spec, params, task)
+    if params.greedy_only(model):
+        # greedy completions only: accuracy (and text metrics); no k samples, no label-free rows
+        if spec.kind != "labeled":
+            return None
+        rows = outputs[(outputs["model"] == model) & (outputs["benchmark"] == spec.name)]
+        if rows.empty:
+            raise ValueError(f"no evaluation outputs for model {model!r} on {spec.name!r}")
+        single = [m for m in spec.metric_names if m == "accuracy"]
+        return labeled_scores(rows, spec, params, task, metrics=single)
     rows = outputs[(outputs["model"] == model) & (outputs["benchmark"] == spec.name)]
     if rows.empty:
         raise ValueError(f"no evaluation outputs for model {model!r} on {spec.name!r}")

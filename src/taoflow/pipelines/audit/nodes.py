@@ -6,6 +6,11 @@ measures the rewards after the fact, per round: how often the majority vote's ps
 right, how that depends on agreement, how often the top-reward candidate — what rejection-sampling
 fine-tuning trains on — is right, and how well rewards separate right from wrong candidates.
 It only reads; nothing it computes reaches training.
+
+Beside the combined reward, every scorer is audited on its own (``scorer_audit``: precision of
+its preferred answer, AUC, per confidence bucket), and a label-free estimate of the round's
+signal (``signal_quality``: agreement between scorers, prompts with signal, the share
+``train.gates`` would keep) is computed from ``scored`` alone, before training reads it.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import pandas as pd
 
 from taoflow.config.audit import AuditParams
 from taoflow.config.shared import TaskParams
+from taoflow.config.train import TrainParams
 from taoflow.core.answers import answers_match, extract_answer
 from taoflow.core.gold import find_gold, gold_table
 from taoflow.core.text import as_messages, last_user_message
 from taoflow.core.tracking import mlflow_metrics
+from taoflow.scoring.quality import scorer_audit, signal_quality
 
 logger = logging.getLogger(__name__)
 
@@ -182,3 +189,109 @@ def audit_rewards(
     )
     values = {k: v for k, v in values.items() if not (isinstance(v, float) and np.isnan(v))}
     return table, mlflow_metrics(values, prefix=f"audit.round_{round_}", step=round_)
+
+
+def _round_of(scored: pd.DataFrame) -> int:
+    return int(sorted(pd.unique(scored["round"]))[-1]) if "round" in scored.columns else 1
+
+
+def _with_answers(scored: pd.DataFrame, task: TaskParams) -> pd.DataFrame:
+    if "answer" in scored.columns:
+        return scored
+    return scored.assign(answer=scored["completion"].map(lambda c: extract_answer(c, task.answer)))
+
+
+def _gold_by_prompt(scored: pd.DataFrame, prompts: pd.DataFrame, usage_gold: pd.DataFrame) -> dict:
+    """prompt_id → gold answer for the scored prompts that have one (found as audit_rewards does)."""
+    gold = gold_table(usage_gold)
+    keys_by_length = sorted(gold.index, key=lambda k: (-len(k), k))
+    info = prompts.set_index(prompts["prompt_id"].astype(str))
+    out = {}
+    for prompt_id in pd.unique(scored["prompt_id"].astype(str)):
+        if prompt_id not in info.index:
+            continue
+        user = last_user_message(as_messages(info.loc[prompt_id, "messages"]))
+        key, answer, _ = find_gold(user, gold, keys_by_length, "embedded")
+        if key is not None:
+            out[prompt_id] = answer
+    return out
+
+
+def audit_scorers(
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    usage_gold: pd.DataFrame,
+    audit: AuditParams,
+    task: TaskParams,
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Every ``score_<scorer>`` and the combined reward against gold answers (read-only).
+
+    One row per (scorer, bucket): ``precision`` (the top-scored candidate's answer is right),
+    ``auc`` (right vs wrong candidates within a prompt), overall (``all``) and per confidence
+    bucket (``audit.agreement_bins`` edges over the scorer's confidence column).
+    """
+    round_ = _round_of(scored)
+    frame = _with_answers(scored, task)
+    gold = _gold_by_prompt(frame, prompts, usage_gold)
+    table = scorer_audit(frame, gold, [float(b) for b in audit.agreement_bins])
+    values = {}
+    for row in table.itertuples(index=False):
+        key = f"{row.scorer}.{row.bucket}" if row.bucket != "all" else row.scorer
+        values[f"{key}.precision"] = row.precision
+        values[f"{key}.auc"] = row.auc
+        values[f"{key}.share"] = row.share
+    values = {k: v for k, v in values.items() if not np.isnan(v)}
+    return table, mlflow_metrics(values, prefix=f"audit.round_{round_}.scorers", step=round_)
+
+
+def assess_signal_quality(
+    scored: pd.DataFrame, train: TrainParams, task: TaskParams
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Label-free: is this round's signal worth training on? Logged before training reads it.
+
+    Agreement between independent scorers' preferred answers, the share of prompts whose scores
+    vary, the groups' answer agreement and — when the train block has ``gates`` — the share of
+    prompts the gates would keep. No gold answer is read.
+    """
+    round_ = _round_of(scored)
+    gates = getattr(train, "gates", None)  # a train.gates block, where the config has one
+    table, values = signal_quality(_with_answers(scored, task), gates)
+    logger.info(
+        "signal quality round %d (label-free): %s",
+        round_,
+        ", ".join(f"{k} {v:.2f}" for k, v in values.items() if k != "n_prompts"),
+    )
+    values = {k: v for k, v in values.items() if not np.isnan(v)}
+    return table, mlflow_metrics(values, prefix=f"signal.round_{round_}", step=round_)
+
+
+def _markdown(frame: pd.DataFrame) -> list[str]:
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        body.append("| " + " | ".join(cells) + " |")
+    return [head, rule, *body]
+
+
+def build_audit_report(scorer_audit: pd.DataFrame, signal_quality: pd.DataFrame) -> str:
+    """Markdown: the label-free signal estimate, then each scorer checked against gold."""
+    out = [
+        "# Scorer audit",
+        "",
+        "## Label-free signal quality (no gold read; computed before training)",
+        "",
+        "`agreement`: share of prompts where two scorers prefer the same answer; "
+        "`signal_share`: prompts whose scores vary; `gate`: share a train gate would keep.",
+        "",
+        *_markdown(signal_quality),
+        "",
+        "## Against gold answers (after the fact, never used in training)",
+        "",
+        "`precision`: the top-scored candidate's answer is right; `auc`: right vs wrong "
+        "candidates within a prompt (prompts with both); per confidence bucket.",
+        "",
+        *_markdown(scorer_audit),
+    ]
+    return "\n".join(out) + "\n"

@@ -1,15 +1,23 @@
 """audit: ``scored`` + ``prompts`` + ``usage_gold`` → ``reward_audit`` table and metrics (one round).
 
-Composed into ``tao`` per round when ``tao.audit_rewards`` is on; stand-alone
-(``kedro run --pipeline audit``) it audits the persisted ``round_1.scored``.
+Also ``scorer_audit`` (every scorer against gold) and the ``audit_report``. The label-free
+``signal_quality`` estimate (:func:`create_signal_template`) needs no gold: ``tao`` composes it
+into every round, beside training. Composed into ``tao`` per round when ``tao.audit_rewards`` is
+on; stand-alone (``kedro run --pipeline audit``) it audits the persisted ``round_1.scored``.
 """
 
 from kedro.pipeline import Pipeline, node
 
-from taoflow.pipelines.audit.nodes import audit_rewards
+from taoflow.pipelines.audit.nodes import (
+    assess_signal_quality,
+    audit_rewards,
+    audit_scorers,
+    build_audit_report,
+)
 
 SHARED_INPUTS = {"prompts": "prompts", "usage_gold": "usage_gold"}
 SHARED_PARAMETERS = {"params:audit": "params:audit", "params:task": "params:task"}
+SIGNAL_PARAMETERS = {"params:train": "params:train", "params:task": "params:task"}
 
 
 def create_template() -> Pipeline:
@@ -21,6 +29,33 @@ def create_template() -> Pipeline:
                 inputs=["scored", "prompts", "usage_gold", "params:audit", "params:task"],
                 outputs=["reward_audit", "reward_audit_metrics"],
                 name="audit_rewards",
+            ),
+            node(
+                audit_scorers,
+                inputs=["scored", "prompts", "usage_gold", "params:audit", "params:task"],
+                outputs=["scorer_audit", "scorer_audit_metrics"],
+                name="audit_scorers",
+            ),
+            node(
+                build_audit_report,
+                inputs=["scorer_audit", "signal_quality"],
+                outputs="audit_report",
+                name="build_audit_report",
+            ),
+        ],
+        tags="audit",
+    )
+
+
+def create_signal_template() -> Pipeline:
+    """Un-namespaced: the label-free signal estimate of a round's ``scored`` (no gold)."""
+    return Pipeline(
+        [
+            node(
+                assess_signal_quality,
+                inputs=["scored", "params:train", "params:task"],
+                outputs=["signal_quality", "signal_quality_metrics"],
+                name="assess_signal_quality",
             )
         ],
         tags="audit",
@@ -29,5 +64,8 @@ def create_template() -> Pipeline:
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
-        create_template(), namespace="round_1", inputs=SHARED_INPUTS, parameters=SHARED_PARAMETERS
+        create_template() + create_signal_template(),
+        namespace="round_1",
+        inputs=SHARED_INPUTS,
+        parameters={**SHARED_PARAMETERS, **SIGNAL_PARAMETERS},
     )

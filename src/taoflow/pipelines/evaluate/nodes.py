@@ -49,10 +49,19 @@ def score_label_free_outputs(
     )
 
 
-def select_best_of_n(params: EvaluateParams, score: Any, task: Any, **inputs: Any) -> pd.DataFrame:
-    """best-of-N's pick per labeled item among the ``from`` model's samples (no generation)."""
+def select_best_of_n(
+    params: EvaluateParams, score: Any, task: Any, *, variant: str | None = None, **inputs: Any
+) -> pd.DataFrame:
+    """best-of-N's pick per labeled item among the ``from`` model's samples (no generation).
+
+    ``variant`` names an ``evaluate.best_of_n.variants`` entry (its own scorers and references);
+    None = the ``best_of_n`` row picked by the score stage's scorers.
+    """
+    chosen = next((v for v in params.best_of_n.variants if v.name == variant), None)
+    if variant is not None and chosen is None:
+        raise ValueError(f"evaluate.best_of_n.variants has no entry {variant!r}")
     return best_of_n.select_best_of_n(
-        outputs.load_outputs(inputs), params, score, as_task(task), inputs
+        outputs.load_outputs(inputs), params, score, as_task(task), inputs, variant=chosen
     )
 
 
@@ -62,11 +71,15 @@ def compute_eval_results(
     """Per-item scores → ``eval_results`` (CIs), ``eval_paired`` (vs baseline), per-prompt table.
 
     ``inputs``: every model's ``outputs__<model>``, ``label_free_scored`` when a label-free
-    benchmark is wired, ``best_of_n`` when best-of-N is enabled.
+    benchmark is wired, ``best_of_n`` when best-of-N is enabled, ``selected__<variant>`` per
+    best-of-N variant.
     """
     derived = {}
     if inputs.get("best_of_n") is not None:
         derived[params.best_of_n.name] = inputs["best_of_n"]
+    for key, frame in inputs.items():
+        if key.startswith(best_of_n.SELECTED_PREFIX):
+            derived[key.removeprefix(best_of_n.SELECTED_PREFIX)] = frame
     per_prompt = scoring.per_prompt_scores(
         outputs.load_outputs(inputs),
         inputs.get("label_free_scored"),

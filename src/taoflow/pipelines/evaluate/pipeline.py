@@ -7,7 +7,10 @@ Stand-alone (``kedro run --pipeline evaluate``) it evaluates ``base``, ``sft_ora
 run of the same configuration produced. Every enabled benchmark's source is an input (the
 label-free ``holdout`` benchmark reads ``prompts``); ``enabled: false`` leaves one out. With
 ``evaluate.best_of_n.enabled`` a derived model is reported too: one selection node over the
-``from`` model's sampled outputs, no generation node of its own.
+``from`` model's sampled outputs, no generation node of its own; each
+``evaluate.best_of_n.variants`` entry adds one more (its own scorers, ``eval_selected_<name>``).
+``evaluate.extra_models`` (e.g. the frozen judge) are evaluated beside the others from the
+``extra_policy_<name>`` datasets the ``prepare_extra`` stage saves.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from kedro.pipeline import Pipeline, node
 from taoflow.config.evaluate import EvaluateParams
 from taoflow.config.graph import graph_parameters
 from taoflow.evaluation.benchmarks import benchmark_sources
-from taoflow.evaluation.best_of_n import best_of_n_settings
-from taoflow.evaluation.models import configured_models
+from taoflow.evaluation.best_of_n import SELECTED_PREFIX, best_of_n_settings, best_of_n_variants
+from taoflow.evaluation.models import configured_models, extra_model_datasets
 from taoflow.evaluation.outputs import OUTPUTS_PREFIX
 from taoflow.pipelines.evaluate.nodes import (
     build_eval_report,
@@ -86,11 +89,24 @@ def _report_nodes(label_free: bool) -> list:
     return nodes
 
 
+def _variant_node(variant: dict, outputs: dict[str, str], sources: dict[str, str]) -> Any:
+    """One best-of-N variant: its picks among the ``from`` model's samples (plus references)."""
+    used = [variant["from"]] + ([variant["references"]] if variant["references"] else [])
+    inputs = {OUTPUTS_PREFIX + m: outputs[OUTPUTS_PREFIX + m] for m in used}
+    return node(
+        _bind(select_best_of_n, variant=variant["name"]),
+        inputs={**SCORING, **inputs, **sources},
+        outputs=f"eval_selected_{variant['name']}",
+        name=f"evaluate_select_{variant['name']}",
+    )
+
+
 def create_pipeline(models: dict[str, str] | None = None, **kwargs: Any) -> Pipeline:
     """Build ``evaluate`` for ``models`` (display name → policy dataset; default: configured)."""
     graph = graph_parameters()
     params: EvaluateParams = graph.get("evaluate") or EvaluateParams()
     models = configured_models(graph) if models is None else models
+    models = {**models, **extra_model_datasets(params)}
     if not models:
         raise ValueError("evaluate: no models to evaluate")
     sources = benchmark_sources(params)
@@ -123,6 +139,14 @@ def create_pipeline(models: dict[str, str] | None = None, **kwargs: Any) -> Pipe
         )
         reported.insert(reported.index(best["from"]) + 1, best["name"])
         result_inputs["best_of_n"] = "eval_best_of_n"
+    for variant in best_of_n_variants(params, list(models)):
+        nodes.append(_variant_node(variant, outputs, sources))
+        after = best["name"] if best is not None and best["from"] == variant["from"] else None
+        anchor = reported.index(after or variant["from"])
+        while anchor + 1 < len(reported) and reported[anchor + 1] not in models:
+            anchor += 1  # after the derived rows already placed behind the same model
+        reported.insert(anchor + 1, variant["name"])
+        result_inputs[SELECTED_PREFIX + variant["name"]] = f"eval_selected_{variant['name']}"
     nodes.append(
         node(
             _bind(compute_eval_results, models=reported),

@@ -29,6 +29,8 @@ from taoflow.config.graph import graph_parameters
 from taoflow.config.tao import TaoParams
 from taoflow.config.train import TrainParams
 from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
+from taoflow.pipelines.audit.pipeline import SIGNAL_PARAMETERS
+from taoflow.pipelines.audit.pipeline import create_signal_template as signal_template
 from taoflow.pipelines.audit.pipeline import create_template as audit_template
 from taoflow.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
 from taoflow.pipelines.generate.pipeline import create_template as generate_template
@@ -39,7 +41,9 @@ from taoflow.pipelines.health.pipeline import (
 )
 from taoflow.pipelines.health.pipeline import create_template as health_template
 from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from taoflow.pipelines.judge_distill.pipeline import create_pipeline as judge_distill_pipeline
 from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
+from taoflow.pipelines.prepare_extra.pipeline import create_pipeline as prepare_extra_pipeline
 from taoflow.pipelines.promote.pipeline import create_pipeline as promote_pipeline
 from taoflow.pipelines.score.pipeline import create_template as score_template
 from taoflow.pipelines.sft_oracle.pipeline import create_pipeline as sft_oracle_pipeline
@@ -85,6 +89,11 @@ def create_audit(k: int) -> Pipeline:
     return pipeline(template, namespace=f"round_{k}", inputs=inputs, parameters=AUDIT_PARAMETERS)
 
 
+def create_signal(k: int) -> Pipeline:
+    """Round ``k``'s label-free signal estimate (no gold), logged before training reads scored."""
+    return pipeline(signal_template(), namespace=f"round_{k}", parameters=SIGNAL_PARAMETERS)
+
+
 def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     params = graph_parameters()
     tao: TaoParams = params.get("tao") or TaoParams()
@@ -96,13 +105,17 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         # the labeled-training yardstick; evaluated beside TAO, never gated
         composed += sft_oracle_pipeline()
         models["sft_oracle"] = "sft_oracle.policy"
+    if tao.judge_distill:
+        # plain distillation of the judge (reads judge_references); evaluated, never gated
+        composed += judge_distill_pipeline()
+        models["judge_distill"] = "judge_distill.policy"
     policy = BASE
     namespaces = []
     for k in range(1, rounds + 1):
         namespace = f"round_{k}"
         # round 1 trains the base model itself: its own reference already
         reference = BASE if k > 1 and train.reference_is_initial else None
-        composed += create_round(k, policy, reference)
+        composed += create_round(k, policy, reference) + create_signal(k)
         if tao.audit_rewards:
             composed += create_audit(k)
         policy = f"{namespace}.next_policy"
@@ -110,6 +123,8 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         health[namespace] = f"{namespace}.health"
         namespaces.append(namespace)
     composed += create_report_pipeline(namespaces)
+    # extra models (evaluate.extra_models, e.g. the judge) are evaluated, never promoted
+    composed += prepare_extra_pipeline()
     return (
         composed + evaluate_pipeline(models=models) + promote_pipeline(models=models, health=health)
     )
