@@ -172,11 +172,9 @@ def test_every_scorer_gets_precision_auc_and_confidence_buckets():
 
 
 def test_label_free_signal_quality_needs_no_gold_and_reads_gates():
-    from pydantic import BaseModel
-
     from taoflow.config.train import TrainParams
     from taoflow.pipelines.audit.nodes import assess_signal_quality, build_audit_report
-    from taoflow.scoring.quality import gate_keep, signal_quality
+    from taoflow.scoring.quality import signal_quality
 
     scored = _two_scorer_frame()
     table, values = signal_quality(scored)
@@ -187,17 +185,11 @@ def test_label_free_signal_quality_needs_no_gold_and_reads_gates():
     assert values["mean_agreement"] == pytest.approx((0.75 + 0.5 + 0.5) / 3)
     assert "gate.keep_share" not in values
 
-    class Gates(BaseModel):
-        min_agreement: float = 0.6
-        max_judge_confidence: float = 0.85
-        enabled: bool = True
-
-    keep = gate_keep(scored, Gates())
-    assert keep == {
-        "gate.min_agreement.keep_share": pytest.approx(1 / 3),
-        "gate.max_judge_confidence.keep_share": pytest.approx(2 / 3),
-        "gate.keep_share": 0.0,
-    }
+    train = TrainParams.model_validate({"gates": {"min_vote_share": 0.6}})
+    _, gated = assess_signal_quality(scored, train, TASK)
+    # vote shares: a 0.75, b 0.5, c 0.5 → only a keeps a clear majority
+    assert gated["signal.round_1.gate.min_vote_share.keep_share"]["value"] == pytest.approx(1 / 3)
+    assert gated["signal.round_1.gate.keep_share"]["value"] == pytest.approx(1 / 3)
     table, metrics = assess_signal_quality(scored, TrainParams(), TASK)  # no gates: skipped
     assert not any(".gate" in k for k in metrics)
     assert metrics["signal.round_1.agreement.majority_vote__judge"]["value"] == pytest.approx(1 / 3)

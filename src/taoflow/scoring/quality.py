@@ -170,34 +170,8 @@ def _same(a: Any, b: Any) -> bool:
     return not missing and not missing_b and answers_match(str(a), str(b))
 
 
-def gate_keep(scored: pd.DataFrame, gates: Any) -> dict[str, float]:
-    """Share of prompts each ``train.gates`` threshold would keep, and all of them together.
-
-    Read by convention, whatever the gates block holds: a numeric field ``min_<column>`` /
-    ``max_<column>`` whose ``<column>`` is a column of ``scored`` keeps a prompt when its group's
-    maximum of that column is at least / at most the value. Other fields are not estimated.
-    """
-    fields = gates.model_dump() if hasattr(gates, "model_dump") else dict(gates or {})
-    groups = scored.groupby(scored["prompt_id"].astype(str), sort=True)
-    keep_all = None
-    values: dict[str, float] = {}
-    for field, threshold in fields.items():
-        kind, _, column = str(field).partition("_")
-        if kind not in ("min", "max") or column not in scored.columns:
-            continue
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            continue
-        top = groups[column].max().astype(float)
-        keep = top >= threshold if kind == "min" else top <= threshold
-        values[f"gate.{field}.keep_share"] = float(keep.mean())
-        keep_all = keep if keep_all is None else keep_all & keep
-    if keep_all is not None:
-        values["gate.keep_share"] = float(keep_all.mean())
-    return values
-
-
 def signal_quality(
-    scored: pd.DataFrame, gates: Any = None
+    scored: pd.DataFrame, gate_shares: dict[str, float] | None = None
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Label-free estimate of a round's signal: (table, flat metrics).
 
@@ -206,7 +180,7 @@ def signal_quality(
     * ``agreement.<a>__<b>``: prompts where scorers ``a`` and ``b`` prefer the same answer —
       independent scorers that agree are likelier right, ones that never agree cannot both be;
     * ``mean_agreement``: the groups' answer agreement (self-consistency);
-    * ``gate.*``: share of prompts ``train.gates`` would keep (when given).
+    * ``gate.*``: share of prompts ``train.gates`` would keep (``gate_shares``, when given).
     """
     for column in ("prompt_id", "answer"):
         if column not in scored.columns:
@@ -223,9 +197,8 @@ def signal_quality(
         rows.append(("agreement", f"{a}__{b}", float(np.mean(same)) if n else float("nan"), n))
     if "agreement" in tops.columns:
         rows.append(("mean_agreement", "answer", float(tops["agreement"].mean()), n))
-    if gates is not None:
-        for name, value in gate_keep(scored, gates).items():
-            rows.append(("gate", name.removeprefix("gate."), value, n))
+    for name, value in (gate_shares or {}).items():
+        rows.append(("gate", name, value, n))
     table = pd.DataFrame(rows, columns=SIGNAL_COLUMNS)
     values = {"n_prompts": float(n)}
     for row in table.itertuples(index=False):

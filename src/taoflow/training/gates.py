@@ -113,3 +113,16 @@ def apply_gates(usable: pd.DataFrame, gates: GateParams) -> GateOutcome:
         outcome.kept_share[gate] = after / before if before else 0.0
     outcome.kept = frame
     return outcome
+
+
+def keep_shares(scored: pd.DataFrame, gates: GateParams) -> dict[str, float]:
+    """Label-free estimate before training: the share of prompts each active gate keeps (in gate
+    order, each after the previous ones) and all of them together; ``{}`` with every gate off."""
+    if not gates.active:
+        return {}
+    usable = scored[scored["reward"].notna() & scored["completion"].notna()]
+    n_prompts = usable["prompt_id"].nunique()
+    outcome = apply_gates(usable, gates)
+    values = {f"{gate}.keep_share": share for gate, share in outcome.kept_share.items()}
+    values["keep_share"] = outcome.kept["prompt_id"].nunique() / n_prompts if n_prompts else 0.0
+    return values

@@ -29,6 +29,7 @@ from taoflow.core.gold import find_gold, gold_table
 from taoflow.core.text import as_messages, last_user_message
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.scoring.quality import scorer_audit, signal_quality
+from taoflow.training.gates import keep_shares
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +255,7 @@ def assess_signal_quality(
     prompts the gates would keep. No gold answer is read.
     """
     round_ = _round_of(scored)
-    gates = getattr(train, "gates", None)  # a train.gates block, where the config has one
-    table, values = signal_quality(_with_answers(scored, task), gates)
+    table, values = signal_quality(_with_answers(scored, task), keep_shares(scored, train.gates))
     logger.info(
         "signal quality round %d (label-free): %s",
         round_,
