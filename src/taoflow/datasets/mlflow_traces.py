@@ -160,6 +160,8 @@ class MlflowTracesDataset(AbstractDataset[None, pd.DataFrame]):
                 for trace in page:
                     ts, trace_id = trace.info.timestamp_ms, trace.info.trace_id
                     taken = ts < since or (ts == since and trace_id in seen)
+                    if taken and not self._feedback_window_ms:
+                        continue
                     row = trace_to_row(trace, self._experiment, self._model_version_tag)
                     if taken and row["feedback_updated_ms"] <= feedback_ms:
                         continue

@@ -211,6 +211,8 @@ def _decoded_lines(data: bytes, encoding: str, name: str, path: str) -> list[tup
     supersets (UTF-16/32) are decoded whole, and a bad byte there stops the run naming the line.
     """
     codec = codecs.lookup(encoding).name
+    if not data:
+        return []
     if codec.startswith(("utf-16", "utf-32")):
         try:
             text = data.decode(encoding)
