@@ -9,8 +9,10 @@ What stops the run names the file: a missing file, an unreadable table, an unrea
 
 JSONL is split on ``\n`` only (``\r\n`` too): U+2028, U+2029 and U+0085 are legal raw characters
 inside JSON strings. A source may be a directory: every file in it with a known suffix is read,
-in path order, each with its own header (mixed schemas across files are fine). Symbolic links are
-followed to the file they point to; a broken one stops the run naming the link.
+in path order, each with its own header (mixed schemas across files are fine); dot-files are
+skipped. Symbolic links to files are followed (a configured path or a file inside a directory); a
+broken one stops the run naming the link; links to directories inside a directory are not
+descended into, so a link loop cannot make a read endless.
 """
 
 from __future__ import annotations
@@ -137,7 +139,11 @@ class UsageFilesDataset(AbstractDataset[None, dict[str, RawSource]]):
         if not fs.isdir(path):
             fmt = spec["format"] or _format_of(name, path)
             return read_usage_file(name, path, fmt, spec["encoding"], spec["load_args"])
-        files = sorted(str(f) for f in fs.find(path) if not PurePosixPath(f).name.startswith("."))
+        files = sorted(
+            str(f)
+            for f in fs.find(path)
+            if not PurePosixPath(f).name.startswith(".") and fs.isfile(f)
+        )
         known = [f for f in files if spec["format"] or PurePosixPath(f).suffix.lower() in FORMATS]
         if len(known) < len(files):
             logger.warning(

@@ -224,40 +224,67 @@ def parse_file_source(
     return out
 
 
-def parse_trace_rows(frame: pd.DataFrame, source: str, span_name: str | None) -> list[dict]:
-    """Accumulated trace-log rows → candidate rows; the meta carries what ``feedback`` scoring needs."""
+def _text(rec: dict[str, Any], key: str, default: str) -> str:
+    """A JSON-text column of the trace log; missing (None, NaN) reads as ``default``."""
+    value = rec.get(key)
+    return value if isinstance(value, str) and value else default
+
+
+def _trace_row(rec: dict[str, Any], row: dict[str, Any], span_name: str | None) -> None:
+    """Fill a trace's candidate row with messages and meta, or raise ``RowError``."""
+    if span_name and rec.get("root_span") != span_name:
+        raise RowError("invalid_row", f"root span {rec.get('root_span')!r} is not {span_name!r}")
+    try:
+        request = json.loads(_text(rec, "request", "null"))
+    except json.JSONDecodeError as err:
+        raise RowError("invalid_json", str(err)) from None
+    except RecursionError:
+        raise RowError("too_deep", "request nesting too deep to parse") from None
+    if not isinstance(request, dict) or "messages" not in request:
+        raise RowError("missing_field", "request has no 'messages'")
+    messages = coerce_messages(request["messages"])
+    try:
+        response = json.loads(_text(rec, "response", "null"))
+    except (json.JSONDecodeError, RecursionError):
+        response = None  # the served answer is optional meta; the request is the prompt
+    served = None
+    if isinstance(response, dict):
+        try:
+            served = response["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            served = None
+    try:
+        feedback = json.loads(_text(rec, "feedback", "[]"))
+    except (json.JSONDecodeError, RecursionError):
+        raise RowError("invalid_json", "feedback is not JSON") from None
+    meta = {
+        "trace_id": rec["trace_id"],
+        "served_response": served,
+        "model_version": rec.get("model_version"),
+        "feedback": feedback,
+        "timestamp_ms": int(rec["timestamp_ms"]),
+    }
+    _check_encodable([messages, meta])
+    row["messages"], row["meta"] = messages, meta
+
+
+def parse_trace_rows(
+    frame: pd.DataFrame, source: str, span_name: str | None, max_raw_chars: int = 4000
+) -> list[dict]:
+    """Accumulated trace-log rows → candidate rows; the meta carries what ``feedback`` scoring needs.
+
+    Each trace is isolated: any exception rejects that trace (by id), never the run.
+    """
     out = []
     for rec in frame.to_dict(orient="records"):
-        row = _row(source, str(rec["trace_id"]), rec.get("request") or "")
-        if span_name and rec.get("root_span") != span_name:
-            row["reason"] = "invalid_row"
-            row["detail"] = f"root span {rec.get('root_span')!r} is not {span_name!r}"
-            out.append(row)
-            continue
+        raw = _stored_text(_text(rec, "request", ""), max_raw_chars)
+        row = _row(source, str(rec.get("trace_id")), raw)
         try:
-            request = json.loads(rec.get("request") or "null")
-            if not isinstance(request, dict) or "messages" not in request:
-                raise RowError("missing_field", "request has no 'messages'")
-            row["messages"] = coerce_messages(request["messages"])
-        except (RowError, json.JSONDecodeError) as err:
-            row["reason"] = getattr(err, "reason", "invalid_json")
-            row["detail"] = str(err)
-            out.append(row)
-            continue
-        response = json.loads(rec.get("response") or "null")
-        served = None
-        if isinstance(response, dict):
-            try:
-                served = response["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError):
-                served = None
-        row["meta"] = {
-            "trace_id": rec["trace_id"],
-            "served_response": served,
-            "model_version": rec.get("model_version"),
-            "feedback": json.loads(rec.get("feedback") or "[]"),
-            "timestamp_ms": int(rec["timestamp_ms"]),
-        }
+            _trace_row(rec, row, span_name)
+        except RowError as err:
+            row["reason"], row["detail"] = err.reason, err.detail
+        except Exception as err:  # noqa: BLE001 - one trace must never stop the run
+            row["reason"], row["detail"] = "row_error", f"{type(err).__name__}: {err}"
         out.append(row)
     return out
 
@@ -300,8 +327,9 @@ def parse_sources(
     empty = [f.path for source in usage_files.values() for f in source.files() if not f.rows]
     for path in empty:
         logger.warning("ingest: usage file %s has no rows.", path)
+    traces = ingest.traces
     rows += parse_trace_rows(
-        merged_trace_log(trace_shards), ingest.traces.source_name, ingest.traces.span_name
+        merged_trace_log(trace_shards), traces.source_name, traces.span_name, ingest.max_raw_chars
     )
     if not rows:
         named = ", ".join(empty) or "(no usage file configured)"
