@@ -306,6 +306,11 @@ CASES: dict[str, Case] = {
     "broken_symlink_stops": Case(
         {"link.jsonl": b"->gone.jsonl"}, sources={"u": "link.jsonl"}, stops="link.jsonl"
     ),
+    "broken_symlink_in_directory_stops": Case(
+        {"d/a.jsonl": jl(GOOD), "d/link.jsonl": b"->gone.jsonl"},
+        sources={"u": "d"},
+        stops="link.jsonl",
+    ),
     "missing_file_stops": Case({}, sources={"u": "nope.jsonl"}, stops="nope.jsonl"),
     "directory_of_mixed_formats": Case(
         {

@@ -56,7 +56,7 @@ def one_line(text: str) -> str:
 def write_traceback(err: BaseException, log_dir: str | Path = "logs") -> Path:
     """The full traceback in ``log_dir`` (a temp dir when that is not writable); its path."""
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    name = f"taoflow-error-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    name = f"taoflow-error-{dt.datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}.log"
     for folder in (Path(log_dir), Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)

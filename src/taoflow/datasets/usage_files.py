@@ -139,11 +139,13 @@ class UsageFilesDataset(AbstractDataset[None, dict[str, RawSource]]):
         if not fs.isdir(path):
             fmt = spec["format"] or _format_of(name, path)
             return read_usage_file(name, path, fmt, spec["encoding"], spec["load_args"])
-        files = sorted(
-            str(f)
-            for f in fs.find(path)
-            if not PurePosixPath(f).name.startswith(".") and fs.isfile(f)
-        )
+        found = [str(f) for f in fs.find(path) if not PurePosixPath(f).name.startswith(".")]
+        broken = [f for f in found if os.path.islink(f) and not os.path.exists(f)]
+        if broken:
+            raise UsageFileError(
+                f"Usage source '{name}': {broken[0]} is a broken symbolic link; fix or remove it."
+            )
+        files = sorted(f for f in found if fs.isfile(f))
         known = [f for f in files if spec["format"] or PurePosixPath(f).suffix.lower() in FORMATS]
         if len(known) < len(files):
             logger.warning(
