@@ -448,8 +448,9 @@ def test_unterminated_quote_and_u2028_regressions(tmp_path):
 def test_rejects_keep_a_redacted_raw(tmp_path):
     case = CASES["jsonl_pii_in_rejects_is_redacted"]
     write_files(tmp_path, case.files)
-    *_, (_, rejects, _) = run_ingest(tmp_path, case)
+    _, rows, _, (_, rejects, _) = run_ingest(tmp_path, case)
     assert rejects.raw.iloc[0] == '{"prompt": "mail [EMAIL], card [CARD]"'
+    assert rows[1]["raw"] == rejects.raw.iloc[0]  # ingest_rows (stored between nodes) too
 
 
 # ----------------------------------------------------------------------------- traces

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.ingest import FileSourceParams, IngestParams
+from taoflow.core.pii import redact_pii
 from taoflow.core.text import RowError, coerce_messages
 from taoflow.datasets.mlflow_traces import FEEDBACK_SHARD_PREFIX, empty_traces
 from taoflow.datasets.usage_files import RawSource, RowProblem
@@ -100,11 +101,17 @@ def json_depth(value: Any) -> int:
     return depth
 
 
-def _stored_text(text: Any, max_chars: int) -> str:
-    """Raw text as a reject keeps it: cut (with room for redaction) and valid UTF-8."""
+def _stored_text(text: Any, max_chars: int, kinds: list[str]) -> str:
+    """Raw text as ingest stores it: PII-redacted, cut (``RAW_MARGIN`` past ``max_chars``;
+    cleaning cuts to ``max_chars``) and valid UTF-8."""
     text = text if isinstance(text, str) else _json(text)
-    text = text[: max_chars + RAW_MARGIN]
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text[: max_chars + RAW_MARGIN].encode("utf-8", "backslashreplace").decode("utf-8")
+    return redact_pii(text, kinds)[0] if kinds else text
+
+
+def pii_kinds(ingest: IngestParams) -> list[str]:
+    """The PII kinds to redact ([] when redaction is off)."""
+    return list(ingest.pii.kinds) if ingest.pii.enabled else []
 
 
 def _check_encodable(value: Any) -> None:
@@ -119,11 +126,11 @@ def _decode_payload(
     source: RawSource, location: str, payload: Any, mapping: dict[str, str | None], ingest: Any
 ) -> tuple[dict[str, Any], Any]:
     """One located payload → (candidate row, parsed record or ``None`` when already rejected)."""
-    limits, max_raw = ingest.limits, ingest.max_raw_chars
+    limits, max_raw, kinds = ingest.limits, ingest.max_raw_chars, pii_kinds(ingest)
 
     def reject(raw: Any, reason: str, detail: str) -> tuple[dict[str, Any], None]:
         return _row(
-            source.name, location, _stored_text(raw, max_raw), reason=reason, detail=detail
+            source.name, location, _stored_text(raw, max_raw, kinds), reason=reason, detail=detail
         ), None
 
     if isinstance(payload, RowProblem):
@@ -136,7 +143,7 @@ def _decode_payload(
         )
     if source.format != "jsonl":
         _check_encodable(payload)
-        return _row(source.name, location, _stored_text(text, max_raw)), payload
+        return _row(source.name, location, _stored_text(text, max_raw, kinds)), payload
     if not payload.strip():
         return reject(payload, "empty", "blank line")
     try:
@@ -160,7 +167,7 @@ def _decode_payload(
         value = {mapping["messages"] or "messages": value}
     elif not isinstance(value, dict):
         return reject(payload, "invalid_row", f"a JSON {type(value).__name__}, not an object")
-    return _row(source.name, location, _stored_text(payload, max_raw)), value
+    return _row(source.name, location, _stored_text(payload, max_raw, kinds)), value
 
 
 def _record_to_row(
@@ -193,9 +200,8 @@ def _isolated(
     try:
         return _decode_payload(source, location, payload, mapping, ingest)
     except Exception as err:  # noqa: BLE001 - one row must never stop the run
-        raw = _stored_text(
-            payload if isinstance(payload, str) else repr(payload), ingest.max_raw_chars
-        )
+        text = payload if isinstance(payload, str) else repr(payload)
+        raw = _stored_text(text, ingest.max_raw_chars, pii_kinds(ingest))
         detail = f"{type(err).__name__}: {err}"
         return _row(source.name, location, raw, reason="row_error", detail=detail), None
 
@@ -269,7 +275,11 @@ def _trace_row(rec: dict[str, Any], row: dict[str, Any], span_name: str | None) 
 
 
 def parse_trace_rows(
-    frame: pd.DataFrame, source: str, span_name: str | None, max_raw_chars: int = 4000
+    frame: pd.DataFrame,
+    source: str,
+    span_name: str | None,
+    max_raw_chars: int = 4000,
+    kinds: list[str] | None = None,
 ) -> list[dict]:
     """Accumulated trace-log rows → candidate rows; the meta carries what ``feedback`` scoring needs.
 
@@ -277,7 +287,7 @@ def parse_trace_rows(
     """
     out = []
     for rec in frame.to_dict(orient="records"):
-        raw = _stored_text(_text(rec, "request", ""), max_raw_chars)
+        raw = _stored_text(_text(rec, "request", ""), max_raw_chars, kinds or [])
         row = _row(source, str(rec.get("trace_id")), raw)
         try:
             _trace_row(rec, row, span_name)
@@ -329,7 +339,11 @@ def parse_sources(
         logger.warning("ingest: usage file %s has no rows.", path)
     traces = ingest.traces
     rows += parse_trace_rows(
-        merged_trace_log(trace_shards), traces.source_name, traces.span_name, ingest.max_raw_chars
+        merged_trace_log(trace_shards),
+        traces.source_name,
+        traces.span_name,
+        ingest.max_raw_chars,
+        pii_kinds(ingest),
     )
     if not rows:
         named = ", ".join(empty) or "(no usage file configured)"
