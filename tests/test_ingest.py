@@ -22,6 +22,7 @@ from taoflow.datasets.usage_files import (
     RawSource,
     UsageFilesDataset,
 )
+from taoflow.errors import UserError
 from taoflow.pipelines.ingest.cleaning import clean_rows, holdout_score
 from taoflow.pipelines.ingest.nodes import take_new_traces
 from taoflow.pipelines.ingest.parsing import parse_file_source, parse_sources
@@ -210,10 +211,12 @@ def test_missing_file_is_a_clear_error(tmp_path):
         UsageFilesDataset(sources={"usage": str(tmp_path / "nope.jsonl")}).load()
 
 
-def test_bad_encoding_names_file_and_line(tmp_path):
+def test_bad_encoding_is_a_reject_at_its_line(tmp_path):
     content = '{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'.encode("latin-1")
-    with pytest.raises(DatasetError, match=r"usage\.jsonl line 2 is not valid utf-8"):
-        load_files(tmp_path, {"usage.jsonl": content})
+    sources = load_files(tmp_path, {"usage.jsonl": content})
+    rows = parse_sources(sources, {}, params())
+    assert rows[0]["reason"] is None and rows[1]["reason"] == "invalid_encoding"
+    assert rows[1]["location"].endswith("usage.jsonl:2") and "utf-8" in rows[1]["detail"]
     # the same bytes load when the encoding is declared
     sources = load_files(tmp_path, {"usage.jsonl": content}, encoding="latin-1")
     assert json.loads(sources["usage"].rows[1][1])["prompt"] == "café"
@@ -223,14 +226,14 @@ def test_missing_mapped_column_is_a_clear_error(tmp_path):
     sources = load_files(tmp_path, {"log.csv": "text,user\nhello,u1\n"})
     cfg = params(files={"log": {"mapping": {"prompt": "question"}}})
     with pytest.raises(
-        ValueError, match=r"'log'.*log\.csv.*prompt → 'question'.*\['text', 'user'\]"
+        UserError, match=r"'log'.*log\.csv.*prompt → 'question'.*\['text', 'user'\]"
     ):
         parse_sources(sources, {}, cfg)
     # JSONL: a field no row has is a configuration error too
     sources = load_files(tmp_path, {"u.jsonl": json.dumps({"text": "hi"})})
-    with pytest.raises(ValueError, match=r"mapped column"):
+    with pytest.raises(UserError, match=r"mapped column"):
         parse_sources(sources, {}, params())
-    with pytest.raises(ValueError, match="does not list"):
+    with pytest.raises(UserError, match="does not list"):
         parse_sources(sources, {}, params(files={"other": {}}))
 
 
@@ -241,7 +244,7 @@ def test_zero_usable_prompts_stops_the_run(tmp_path, tiny_model_dir):
     cfg = params()
     rows = parse_sources(load_files(tmp_path, {"u.jsonl": "not json\n\n"}), {}, cfg)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    with pytest.raises(ValueError, match=r"zero usable prompts.*'invalid_json': 1.*u\.jsonl:1"):
+    with pytest.raises(UserError, match=r"zero usable prompts.*'invalid_json': 1.*u\.jsonl:1"):
         build_prompts(rows, cfg, tokenizer, seed=0)
 
 
@@ -342,8 +345,8 @@ def test_property_every_row_is_accounted_for(lines, cap):
     )
     cfg = params(max_prompt_tokens=20, max_prompts=cap)
     try:
-        rows = parse_file_source(source, None, 4000)
-    except ValueError as err:  # only a file-level mapping problem may stop the run
+        rows = parse_file_source(source, None, cfg)
+    except UserError as err:  # only a file-level mapping problem may stop the run
         assert "mapped column" in str(err)
         return
     prompts, rejects, counts = clean_rows(rows, cfg, char_tokens)

@@ -1,6 +1,10 @@
-"""The ``taoflow`` console script: ``taoflow serve`` and ``taoflow prepare-base``.
+"""The ``taoflow`` console script: ``taoflow serve`` and ``taoflow prepare-base``; Kedro's ``run``.
 
-Both read the Kedro project's configuration (``conf/base`` + ``--env``), so the server logs to
+``kedro run`` is Kedro's own command with one change: a failure prints one line (the user's
+error, or the exception of a bug) and the path of a log file holding the traceback, and exits
+non-zero (2: user-caused, 1: anything else); ``TAOFLOW_TRACEBACK=1`` shows the traceback instead.
+
+The console script's commands read the Kedro project's configuration (``conf/base`` + ``--env``), so the server logs to
 the same MLflow store and serves the same registered model that ``kedro run`` produced.
 """
 
@@ -13,6 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from taoflow.errors import UserError, failure_report, verbose
 
 logger = logging.getLogger("taoflow.cli")
 
@@ -130,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
-    except (LookupError, FileNotFoundError, ValueError) as err:
+    except (LookupError, FileNotFoundError, ValueError, UserError) as err:
         logger.error("%s", err)
         return 2
 
@@ -156,3 +162,30 @@ def cli() -> None:
 def _kedro_serve(ctx: click.Context) -> None:
     """Serve a model behind an OpenAI-compatible API (see `taoflow serve --help`)."""
     sys.exit(main(["serve", *ctx.args]))
+
+
+def _guarded_run() -> click.Command:
+    """Kedro's ``run`` command whose failures print one line (see the module docstring)."""
+    from kedro.framework.cli.project import run as kedro_run
+
+    def callback(*args: object, **kwargs: object) -> object:
+        try:
+            return kedro_run.callback(*args, **kwargs)
+        except Exception as err:
+            if verbose():
+                raise
+            line, code = failure_report(err)
+            click.echo(line, err=True)
+            sys.exit(code)
+
+    return click.Command(
+        name="run",
+        callback=callback,
+        params=kedro_run.params,
+        help=kedro_run.help,
+        short_help=kedro_run.short_help,
+        context_settings=kedro_run.context_settings,
+    )
+
+
+cli.add_command(_guarded_run())

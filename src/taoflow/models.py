@@ -31,6 +31,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from taoflow.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
@@ -55,6 +57,10 @@ class Policy:
     @property
     def name(self) -> str:
         return str(self.lineage.get("name") or self.lineage.get("base_model") or "policy")
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model reference that names no loadable model; the message says which and why."""
 
 
 def embedded_gguf_path() -> Path:
@@ -132,7 +138,7 @@ def resolve_model_path(ref: str, cache_dir: str | Path = "data/06_models") -> st
         return ref
     if ref.count("/") == 1 and not ref.startswith((".", "/")):
         return ref  # hub id: from_pretrained resolves it (offline: from the local cache only)
-    raise FileNotFoundError(
+    raise ModelNotFoundError(
         f"Model reference {ref!r} is neither 'embedded', 'tiny-random', an existing folder, nor a hub id."
     )
 
@@ -160,7 +166,14 @@ def load_policy(
 ) -> Policy:
     """Load a model reference as a :class:`Policy` in eval mode."""
     path = resolve_model_path(ref, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as err:  # transformers' "not found / not cached / no access"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelNotFoundError(
+            f"model {ref!r} cannot be loaded ({first}); check model.name_or_path: 'embedded', "
+            f"'tiny-random', a model folder, or a hub id already in the local cache when offline."
+        ) from err
     model.eval()
     lineage = read_lineage(path) if Path(path).exists() else {}
     lineage.setdefault("name", ref if ref not in (EMBEDDED, TINY_RANDOM) else Path(path).name)

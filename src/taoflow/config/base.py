@@ -9,6 +9,8 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from taoflow.errors import UserError
+
 # Top-level YAML blocks → their model. A key outside this table is a typo (or a block nobody
 # reads); `serve` is read by the CLI (taoflow.serving.config) and validated there too.
 BLOCKS: dict[str, str] = {
@@ -31,7 +33,7 @@ BLOCKS: dict[str, str] = {
 }
 
 
-class ParameterError(ValueError):
+class ParameterError(UserError, ValueError):
     """A parameter the user set is unknown or invalid; the message is one line, fit to print."""
 
 

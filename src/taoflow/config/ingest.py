@@ -59,6 +59,16 @@ class PiiParams(StrictModel):
         return kinds
 
 
+class LimitParams(StrictModel):
+    """Sizes past which one row is rejected instead of parsed, so no row can stop the run."""
+
+    max_line_bytes: int = Field(
+        1_048_576, ge=1, description="A longer JSONL line or CSV/parquet row is rejected."
+    )
+    max_json_depth: int = Field(64, ge=1, description="Deeper nesting of a row is rejected.")
+    max_messages: int = Field(256, ge=1, description="A chat with more turns is rejected.")
+
+
 class IngestParams(StrictModel):
     """Knobs of the ingest stage."""
 
@@ -82,3 +92,4 @@ class IngestParams(StrictModel):
         0.1, ge=0.0, lt=1.0, description="Share of prompts in the holdout split."
     )
     max_raw_chars: int = Field(4000, ge=0, description="Rejects keep this much of the raw row.")
+    limits: LimitParams = LimitParams()

@@ -30,7 +30,11 @@ TRACE_COLUMNS = [
     "response",
     "model_version",
     "feedback",
+    "feedback_updated_ms",
 ]
+# Shards of the trace log that only carry newer feedback for traces taken before; their names
+# sort after the timestamped shards of new traces, so the log's row order never changes.
+FEEDBACK_SHARD_PREFIX = "feedback-"
 
 
 def _json(value: Any) -> str:
@@ -43,6 +47,7 @@ def trace_to_row(trace: Any, experiment: str, model_version_tag: str) -> dict[st
 
     spans = list(getattr(trace.data, "spans", None) or [])
     root = next((s for s in spans if s.parent_id is None), None)
+    assessments = [a for a in (trace.info.assessments or []) if isinstance(a, Feedback)]
     feedback = [
         {
             "name": a.name,
@@ -50,8 +55,11 @@ def trace_to_row(trace: Any, experiment: str, model_version_tag: str) -> dict[st
             "source": getattr(a.source, "source_type", None) if a.source else None,
             "rationale": a.rationale,
         }
-        for a in (trace.info.assessments or [])
-        if isinstance(a, Feedback)
+        for a in assessments
+    ]
+    updated = [
+        int(getattr(a, "last_update_time_ms", None) or getattr(a, "create_time_ms", None) or 0)
+        for a in assessments
     ]
     return {
         "trace_id": trace.info.trace_id,
@@ -63,6 +71,7 @@ def trace_to_row(trace: Any, experiment: str, model_version_tag: str) -> dict[st
         "response": _json(root.outputs) if root is not None else None,
         "model_version": (trace.info.tags or {}).get(model_version_tag),
         "feedback": _json(feedback),
+        "feedback_updated_ms": max(updated, default=0),
     }
 
 
@@ -74,7 +83,10 @@ class MlflowTracesDataset(AbstractDataset[None, pd.DataFrame]):
     """Read-only: traces of ``experiment`` newer than the watermark file, oldest first.
 
     The watermark (per experiment) is the newest trace timestamp taken plus the trace ids at that
-    timestamp, so traces sharing a millisecond are neither lost nor read twice. The frame's
+    timestamp, so traces sharing a millisecond are neither lost nor read twice. Feedback arrives
+    after a request was served, often after ingest took it: traces up to
+    ``feedback_window_s`` older than the watermark are read again, and those already taken come
+    back (once) when they carry feedback newer than the watermark's ``feedback_ms``. The frame's
     ``attrs["experiment_id"]`` names the experiment the rows came from. No experiment yet (nothing
     was served) loads as an empty frame.
     """
@@ -88,6 +100,7 @@ class MlflowTracesDataset(AbstractDataset[None, pd.DataFrame]):
         model_version_tag: str = "",
         page_size: int = 500,
         max_traces: int | None = None,
+        feedback_window_s: float = 0,
         metadata: dict[str, Any] | None = None,
     ):
         self._experiment = experiment
@@ -97,6 +110,7 @@ class MlflowTracesDataset(AbstractDataset[None, pd.DataFrame]):
         self._model_version_tag = model_version_tag
         self._page_size = int(page_size)
         self._max_traces = max_traces
+        self._feedback_window_ms = int(float(feedback_window_s) * 1000)
         self.metadata = metadata
 
     def load(self) -> pd.DataFrame:
@@ -125,28 +139,37 @@ class MlflowTracesDataset(AbstractDataset[None, pd.DataFrame]):
         return frame
 
     def _search(self, client: Any, experiment_id: str, state: dict[str, Any]) -> list[dict]:
-        """Page through traces at or after the watermark, skipping those already taken."""
+        """Page through traces from the feedback window on: new ones, and taken ones whose
+        feedback changed since the last fetch (see the class docstring)."""
         since = int(state.get("timestamp_ms", 0))
         seen = set(state.get("trace_ids", []))
+        feedback_ms = int(state.get("feedback_ms", 0))
+        start = max(since - self._feedback_window_ms, 0) if since else 0
         limit = self._max_traces
         rows: list[dict[str, Any]] = []
-        token = None
+        n_new, token = 0, None
         with tqdm(desc=f"traces from {self._experiment}", unit="trace") as bar:
             while True:
                 page = client.search_traces(
                     locations=[experiment_id],
-                    filter_string=f"trace.timestamp_ms >= {since}",
+                    filter_string=f"trace.timestamp_ms >= {start}",
                     order_by=["timestamp_ms ASC"],
                     max_results=self._page_size,
                     page_token=token,
                 )
                 for trace in page:
-                    if trace.info.timestamp_ms == since and trace.info.trace_id in seen:
+                    ts, trace_id = trace.info.timestamp_ms, trace.info.trace_id
+                    taken = ts < since or (ts == since and trace_id in seen)
+                    if taken and not self._feedback_window_ms:
                         continue
-                    rows.append(trace_to_row(trace, self._experiment, self._model_version_tag))
+                    row = trace_to_row(trace, self._experiment, self._model_version_tag)
+                    if taken and row["feedback_updated_ms"] <= feedback_ms:
+                        continue
+                    n_new += not taken
+                    rows.append(row)
                 bar.update(len(page))
                 token = page.token
-                if not token or not len(page) or (limit and len(rows) >= limit):
+                if not token or not len(page) or (limit and n_new >= limit):
                     break
         return rows
 

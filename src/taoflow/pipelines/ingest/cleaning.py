@@ -46,6 +46,47 @@ def _reject(rejects: list[dict[str, Any]], row: dict[str, Any], reason: str, det
     )
 
 
+def _clean_one(
+    row: dict[str, Any],
+    ingest: IngestParams,
+    kinds: list[str],
+    first_exact: dict[str, str],
+    first_norm: dict[str, str],
+) -> tuple[int, Counter, dict[str, Any]]:
+    """One row → (trailing turns dropped, redactions, kept row); ``RowError`` rejects it."""
+    messages, dropped = normalize_messages(
+        row["messages"], ingest.system_prompt, ingest.system_prompt_mode
+    )
+    row_redactions: Counter = Counter()
+    for message in messages if kinds else []:
+        message["content"], found = redact_pii(message["content"], kinds)
+        row_redactions += found
+    exact = stable_hash(row["messages"])
+    norm = dedup_key(messages)
+    if exact in first_exact:
+        raise RowError("duplicate_exact", f"same row as {first_exact[exact]}")
+    if norm in first_norm:
+        raise RowError("duplicate_normalized", f"same normalised text as {first_norm[norm]}")
+    prompt_id = stable_hash(messages)
+    first_exact[exact] = first_norm[norm] = row["location"]
+    if row_redactions:
+        row["meta"] = {**row["meta"], "redacted": dict(sorted(row_redactions.items()))}
+    return dropped, row_redactions, {**row, "messages": messages, "prompt_id": prompt_id}
+
+
+def _redact_rejects(rejects: list[dict[str, Any]], ingest: IngestParams) -> None:
+    """Rejects are stored: redact PII in ``raw`` and ``detail`` (placeholders keep the shape
+    for debugging), then cut ``raw`` to ``max_raw_chars``."""
+    kinds = list(ingest.pii.kinds) if ingest.pii.enabled else []
+    for reject in rejects:
+        raw = reject["raw"] if isinstance(reject["raw"], str) else _json(reject["raw"])
+        if kinds:
+            raw = redact_pii(raw, kinds)[0]
+            if isinstance(reject["detail"], str):
+                reject["detail"] = redact_pii(reject["detail"], kinds)[0]
+        reject["raw"] = raw[: ingest.max_raw_chars]
+
+
 def _normalize_and_dedup(
     rows: list[dict[str, Any]], ingest: IngestParams, rejects: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], Counter, Counter]:
@@ -66,33 +107,19 @@ def _normalize_and_dedup(
             _reject(rejects, row, row["reason"], row["detail"])
             continue
         try:
-            messages, dropped = normalize_messages(
-                row["messages"], ingest.system_prompt, ingest.system_prompt_mode
-            )
+            outcome = _clean_one(row, ingest, kinds, first_exact, first_norm)
         except RowError as err:
             _reject(rejects, row, err.reason, err.detail)
             continue
+        except Exception as err:  # noqa: BLE001 - one row must never stop the run
+            _reject(rejects, row, "row_error", f"{type(err).__name__}: {err}")
+            continue
+        dropped, row_redactions, cleaned = outcome
         counts["trailing_assistant_removed"] += dropped
-        row_redactions: Counter = Counter()
-        if kinds:
-            for message in messages:
-                message["content"], found = redact_pii(message["content"], kinds)
-                row_redactions += found
-        exact = stable_hash(row["messages"])
-        norm = dedup_key(messages)
-        if exact in first_exact:
-            _reject(rejects, row, "duplicate_exact", f"same row as {first_exact[exact]}")
-            continue
-        if norm in first_norm:
-            detail = f"same normalised text as {first_norm[norm]}"
-            _reject(rejects, row, "duplicate_normalized", detail)
-            continue
-        first_exact[exact] = first_norm[norm] = row["location"]
         if row_redactions:
             redacted.update(row_redactions)
             counts["redacted.rows"] += 1
-            row["meta"] = {**row["meta"], "redacted": dict(sorted(row_redactions.items()))}
-        kept.append({**row, "messages": messages, "prompt_id": stable_hash(messages)})
+        kept.append(cleaned)
     return kept, counts, redacted
 
 
@@ -197,6 +224,7 @@ def clean_rows(
     survivors = _apply_cap(survivors, ingest.max_prompts, seed, rejects)
     prompts = _prompt_frame(survivors, float(ingest.holdout_fraction))
     rejects.sort(key=lambda r: r["_order"])
+    _redact_rejects(rejects, ingest)
     reject_frame = pd.DataFrame(rejects, columns=[*REJECT_COLUMNS, "_order"]).drop(columns="_order")
     summary = _summary(
         n_read=len(rows),

@@ -18,6 +18,8 @@ from transformers import PreTrainedTokenizerBase
 from taoflow.config.ingest import IngestParams, TraceParams
 from taoflow.core.ids import stable_hash
 from taoflow.core.tracking import mlflow_metrics
+from taoflow.datasets.mlflow_traces import FEEDBACK_SHARD_PREFIX
+from taoflow.errors import UserError
 from taoflow.pipelines.ingest.cleaning import TokenCounter, clean_rows
 
 logger = logging.getLogger(__name__)
@@ -26,11 +28,13 @@ logger = logging.getLogger(__name__)
 def take_new_traces(
     new_traces: pd.DataFrame, watermark: dict[str, Any], traces: TraceParams
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """New served requests → one new shard of the trace log, and the watermark moved past them.
+    """New served requests → new shards of the trace log, and the watermark moved past them.
 
     Fetched requests are appended to an accumulating trace log rather than passed on directly: a
     run that fails later still leaves them for the next run. The watermark keeps the newest
-    timestamp taken plus the trace ids at that timestamp (see ``MlflowTracesDataset``).
+    timestamp taken plus the trace ids at that timestamp (see ``MlflowTracesDataset``), and the
+    newest feedback time seen. Traces taken before that come back with newer feedback go to a
+    ``feedback-`` shard, which parsing reads as feedback updates, not as new requests.
     """
     watermark = dict(watermark or {})
     if not traces.enabled or new_traces.empty:
@@ -40,17 +44,39 @@ def take_new_traces(
     state = watermark.get(experiment) or {}
     since = int(state.get("timestamp_ms", 0))
     seen = set(state.get("trace_ids", []))
-    newest = int(frame["timestamp_ms"].max())
-    at_newest = frame.loc[frame["timestamp_ms"] == newest, "trace_id"].tolist()
-    watermark[experiment] = {
-        "experiment_id": new_traces.attrs.get("experiment_id"),
-        "timestamp_ms": newest,
-        "trace_ids": sorted(set(at_newest) | (seen if newest == since else set())),
-        "n_ingested": int(state.get("n_ingested", 0)) + len(frame),
-    }
-    shard = f"{int(frame['timestamp_ms'].min()):013d}-{stable_hash(frame['trace_id'].tolist(), 8)}"
-    logger.info("Traces source: %d new request(s) from %r.", len(frame), experiment)
-    return {shard: frame}, watermark
+    taken = (frame["timestamp_ms"] < since) | (
+        (frame["timestamp_ms"] == since) & frame["trace_id"].isin(seen)
+    )
+    fresh, refreshed = frame[~taken].reset_index(drop=True), frame[taken].reset_index(drop=True)
+    shards: dict[str, pd.DataFrame] = {}
+    next_state = dict(state)
+    if not fresh.empty:
+        newest = int(fresh["timestamp_ms"].max())
+        at_newest = fresh.loc[fresh["timestamp_ms"] == newest, "trace_id"].tolist()
+        next_state.update(
+            timestamp_ms=newest,
+            trace_ids=sorted(set(at_newest) | (seen if newest == since else set())),
+            n_ingested=int(state.get("n_ingested", 0)) + len(fresh),
+        )
+        ids = fresh["trace_id"].tolist()
+        shards[f"{int(fresh['timestamp_ms'].min()):013d}-{stable_hash(ids, 8)}"] = fresh
+    next_state["experiment_id"] = new_traces.attrs.get("experiment_id")
+    if "feedback_updated_ms" in frame:
+        updated = int(pd.to_numeric(frame["feedback_updated_ms"]).fillna(0).max())
+        if updated > int(state.get("feedback_ms", 0)):
+            next_state["feedback_ms"] = updated
+    if not refreshed.empty:
+        ids = refreshed["trace_id"].tolist()
+        name = f"{FEEDBACK_SHARD_PREFIX}{int(next_state.get('feedback_ms', 0)):013d}-{stable_hash(ids, 8)}"
+        shards[name] = refreshed
+    watermark[experiment] = next_state
+    logger.info(
+        "Traces source: %d new request(s), %d with newer feedback, from %r.",
+        len(fresh),
+        len(refreshed),
+        experiment,
+    )
+    return shards, watermark
 
 
 def tokenizer_counter(tokenizer: PreTrainedTokenizerBase, batch_size: int = 256) -> TokenCounter:
@@ -91,7 +117,7 @@ def build_prompts(
         examples = "; ".join(
             f"{r.location}: {r.reason} ({r.detail})" for r in rejects.head(3).itertuples()
         )
-        raise ValueError(
+        raise UserError(
             f"ingest: zero usable prompts from {len(rows)} row(s) of {sources}. "
             f"Rejected by reason: {reasons}. First rejects: {examples or '-'}"
         )
