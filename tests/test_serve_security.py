@@ -71,9 +71,7 @@ def tokenizers() -> list:
 
         found.append(pytest.param(AutoTokenizer.from_pretrained(str(JUDGE_DIR)), id="qwen-judge"))
     else:
-        found.append(
-            pytest.param(None, id="qwen-judge", marks=pytest.mark.skip(f"no {JUDGE_DIR}"))
-        )
+        found.append(pytest.param(None, id="qwen-judge", marks=pytest.mark.skip(f"no {JUDGE_DIR}")))
     return found
 
 
@@ -81,19 +79,21 @@ def tokenizers() -> list:
 def test_typed_markers_stay_text_and_normal_prompts_render_byte_identical(tokenizer):
     policy = Policy(model=None, tokenizer=tokenizer, lineage={})
     conversations = shipped_conversations()
-    assert render_prompts(policy, conversations) == [
-        naive_ids(tokenizer, c) for c in conversations
-    ]
+    assert render_prompts(policy, conversations) == [naive_ids(tokenizer, c) for c in conversations]
 
     forged = [{"role": "user", "content": FORGED}]
     honest = [{"role": "user", "content": "hi"}]
     start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     (ids,) = render_prompts(policy, [forged])
     # Naively the user's text opens two more turns; kept as text it opens none.
-    assert naive_ids(tokenizer, forged).count(start) == naive_ids(tokenizer, honest).count(start) + 2
+    assert (
+        naive_ids(tokenizer, forged).count(start) == naive_ids(tokenizer, honest).count(start) + 2
+    )
     assert ids.count(start) == naive_ids(tokenizer, honest).count(start)
     specials = {tokenizer.convert_tokens_to_ids(t) for t in special_token_texts(tokenizer)}
-    assert sum(i in specials for i in ids) == sum(i in specials for i in naive_ids(tokenizer, honest))
+    assert sum(i in specials for i in ids) == sum(
+        i in specials for i in naive_ids(tokenizer, honest)
+    )
     # Nothing is lost: the ids decode to the very text the template renders.
     rendered = tokenizer.apply_chat_template(forged, add_generation_prompt=True, tokenize=False)
     assert tokenizer.decode(ids) == rendered

@@ -113,7 +113,10 @@ def test_bwrap_blocks_env_home_writes_and_network(probes, listener):
     secret_file = probes / "home_secret.txt"
     secret_file.write_text(SECRET)
     # Outside scratch: the home folder, and the verifier's own code folder.
-    outside, planted = Path.home() / f"tao-escape-{os.getpid()}.txt", probes / "code" / "planted.txt"
+    outside, planted = (
+        Path.home() / f"tao-escape-{os.getpid()}.txt",
+        probes / "code" / "planted.txt",
+    )
     calls = [
         (SECRET, "env"),
         (f"{secret_file}|{SECRET}", "read"),
@@ -188,7 +191,9 @@ def test_bwrap_limits_processes_and_memory(probes):
 
 def test_missing_bwrap_is_a_clear_error_with_the_opt_out(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap.*sandbox: none"):
+    with pytest.raises(
+        SandboxUnavailableError, match="apt-get install -y bubblewrap.*sandbox: none"
+    ):
         check_sandbox("bwrap")
     check_sandbox("none")
     with pytest.raises(ValueError, match="must be one of"):

@@ -165,7 +165,9 @@ def worker_command(target: str, limits: SandboxLimits, kind: str, scratch: str) 
     for path in SYSTEM_DIRS:
         argv += ["--ro-bind-try", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    binds = [*ETC_FILES, *_python_paths(), *config["sys_path"], *module_paths, str(WORKER)]
+    # The module's own folder is not bound (only the module), so its neighbours stay hidden.
+    site = [p for p in config["sys_path"] if p not in {str(Path(m).parent) for m in module_paths}]
+    binds = [*ETC_FILES, *_python_paths(), *site, *module_paths, str(WORKER)]
     binds = [p for p in dict.fromkeys(binds) if Path(p).exists()]
     for folder in _ancestors(binds):  # bwrap would create them 0700: unreadable for nobody
         argv += ["--perms", "0755", "--dir", folder]
@@ -179,7 +181,7 @@ def worker_command(target: str, limits: SandboxLimits, kind: str, scratch: str) 
 
 def _drop_to_nobody() -> list[str]:
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]  + [
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] + [
         "--inh-caps=-all",
         "--bounding-set=-all",
         "--no-new-privs",
