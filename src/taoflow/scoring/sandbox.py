@@ -18,6 +18,7 @@ bubblewrap or user namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -93,6 +94,7 @@ def check_sandbox(kind: str) -> None:
         )
     probe = subprocess.run(
         ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"],
+        check=False,
         capture_output=True,
         text=True,
         timeout=30,
@@ -207,10 +209,8 @@ def start_worker(
 
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL the worker's whole process group (the sandbox and anything it started)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     try:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:

@@ -157,11 +157,11 @@ def log_user_feedback(
     """
     key = user_key(user)
     with _FEEDBACK_LOCK:
-        return _replace_feedback(trace_id, value, key, user, comment, redact)
+        return _replace_feedback(trace_id, value, key, user, comment=comment, redact=redact)
 
 
 def _replace_feedback(
-    trace_id: str, value: float, key: str, user: str | None, comment: str | None, redact: bool
+    trace_id: str, value: float, key: str, user: str | None, *, comment: str | None, redact: bool
 ) -> tuple[str, bool]:
     trace = mlflow.get_trace(trace_id, silent=True, flush=True)
     replaced = False
