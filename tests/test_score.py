@@ -383,7 +383,6 @@ def test_llm_judge_with_a_local_transformers_model(tiny_model_dir):
                 "min_score": 0,
                 "max_score": 1e9,
                 "failure_value": -1.0,
-                "sandbox": SANDBOX,
             }
         ]
     }

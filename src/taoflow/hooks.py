@@ -26,6 +26,7 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks import MlflowHook
 from pydantic import BaseModel
 
+from taoflow.core import locks
 from taoflow.core.ids import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -107,14 +108,59 @@ def plain_parameters(value: Any) -> Any:
     return value
 
 
+RUN_LOCK = "data/.taoflow-run.lock"
+MLFLOW_SETUP_LOCK = "data/.taoflow-mlflow-setup.lock"
+
+
 class TrackingHook(MlflowHook):
     """kedro-mlflow's hook, fed plain values: nodes receive typed parameter models, which
     kedro-mlflow would log as one opaque string instead of one MLflow param per knob
-    (``generate.num_candidates``)."""
+    (``generate.num_candidates``).
+
+    Its MLflow setup (which creates and migrates a fresh store) runs under a project lock, so
+    two sessions starting together wait for each other instead of racing the migration.
+    """
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        lock = Path(context.project_path) / MLFLOW_SETUP_LOCK
+        locks.acquire(lock, blocking=True, purpose="MLflow setup")
+        try:
+            super().after_context_created(context)
+        finally:
+            locks.release(lock)
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
         super().before_node_run(node, catalog, plain_parameters(inputs), is_async)
+
+
+class RunLockHook:
+    """One ``kedro run`` at a time per project: a second one stops before its first node (and
+    before kedro-mlflow opens its run), naming the run that holds the project."""
+
+    def __init__(self) -> None:
+        self._lock: Path | None = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        project_path = Path(run_params.get("project_path") or Path.cwd())
+        lock = project_path / RUN_LOCK
+        locks.acquire(lock, purpose="taoflow run")
+        self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            locks.release(self._lock)
+            self._lock = None
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._release()
 
 
 class ReproducibilityHook:

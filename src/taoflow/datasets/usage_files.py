@@ -17,8 +17,9 @@ from typing import Any
 import fsspec
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.json import JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
+
+from taoflow.datasets.atomic import JSONDataset
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
