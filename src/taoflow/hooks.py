@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from taoflow.core import locks
 from taoflow.core.ids import seed_everything
+from taoflow.core.secrets import env_secrets, mask_secrets, referenced_env_vars
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,15 @@ RUN_LOCK = "data/.taoflow-run.lock"
 MLFLOW_SETUP_LOCK = "data/.taoflow-mlflow-setup.lock"
 
 
+def context_secrets(context) -> tuple[str, ...]:
+    """Current values of the env variables the context's configuration interpolates."""
+    try:
+        conf_source = context.config_loader.conf_source
+    except AttributeError:
+        return ()
+    return env_secrets(referenced_env_vars(conf_source))
+
+
 class TrackingHook(MlflowHook):
     """kedro-mlflow's hook, fed plain values: nodes receive typed parameter models, which
     kedro-mlflow would log as one opaque string instead of one MLflow param per knob
@@ -123,6 +133,7 @@ class TrackingHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        self._secrets = context_secrets(context)
         lock = Path(context.project_path) / MLFLOW_SETUP_LOCK
         locks.acquire(lock, blocking=True, purpose="MLflow setup")
         try:
@@ -133,6 +144,11 @@ class TrackingHook(MlflowHook):
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
         super().before_node_run(node, catalog, plain_parameters(inputs), is_async)
+
+    def _log_param(self, name: str, value: Any) -> None:
+        """Every logged parameter passes here: values from the environment are masked."""
+        secrets = getattr(self, "_secrets", ())
+        super()._log_param(mask_secrets(name, secrets), mask_secrets(value, secrets))
 
 
 class RunLockHook:
@@ -168,10 +184,12 @@ class ReproducibilityHook:
 
     def __init__(self) -> None:
         self._context = None
+        self._secrets: tuple[str, ...] = ()
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._context = context
+        self._secrets = context_secrets(context)
 
     def _raw_parameters(self) -> dict[str, Any]:
         """The resolved parameters as plain YAML values (``context.params`` holds typed models)."""
@@ -205,7 +223,7 @@ class ReproducibilityHook:
             )
             if digest:
                 tags[f"input_sha256.{name}"] = digest[:16]
-        mlflow.set_tags(tags)
+        mlflow.set_tags(mask_secrets(tags, self._secrets))
         resolved = {"parameters": params}
         if self._context is not None:
             try:
@@ -214,6 +232,8 @@ class ReproducibilityHook:
                 logger.debug("catalog config not available for logging", exc_info=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "resolved_config.yml"
+            # Values from the environment (credentials in URIs) never reach the artifact.
+            resolved = mask_secrets(resolved, self._secrets)
             out.write_text(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False))
             mlflow.log_artifact(str(out), artifact_path="config")
 

@@ -1,4 +1,5 @@
-"""Outputs land whole or not at all, and one run at a time holds a project directory."""
+"""Runs are safe to kill, to start twice and to log: outputs land whole or not at all, one run
+at a time holds a project directory, values from the environment never reach MLflow."""
 
 from __future__ import annotations
 
@@ -161,3 +162,46 @@ def test_one_run_at_a_time_per_project(kedro_project, mlflow_uri):
     assert info["pid"] == os.getpid()
     hook.after_pipeline_run({}, None, None, None)
     assert not locks.held(kedro_project / RUN_LOCK)
+
+
+def test_env_values_in_config_never_reach_the_mlflow_store(kedro_project, tmp_path, monkeypatch):
+    """A secret planted in env vars the config interpolates (the tracking URI, a parameter, a
+    catalog entry) appears nowhere in the MLflow store: database and artifacts."""
+    import uuid
+
+    import mlflow
+    from kedro.framework.session import KedroSession
+
+    marker = f"sk-planted-{uuid.uuid4().hex[:12]}"
+    store = tmp_path / f"store-{marker}"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("TAO_MODEL_CACHE", f"data/06_models_{marker}")
+    monkeypatch.setenv("TAO_PROBE_TOKEN", f"token-{marker}")
+    local = kedro_project / "conf" / "local"
+    local.mkdir(exist_ok=True)
+    (local / "parameters.yml").write_text("model:\n  cache_dir: ${oc.env:TAO_MODEL_CACHE}\n")
+    (local / "catalog.yml").write_text(
+        "secret_probe:\n  type: taoflow.datasets.atomic.TextDataset\n"
+        "  filepath: data/08_reporting/probe.txt\n"
+        "  metadata:\n    token: ${oc.env:TAO_PROBE_TOKEN}\n"
+    )
+    with KedroSession.create(
+        project_path=kedro_project, runtime_params={"model": {"name_or_path": "tiny-random"}}
+    ) as session:
+        session.run(pipeline_names=["prepare_base"])
+    while mlflow.active_run():
+        mlflow.end_run()
+    (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
+    pass
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    resolved = (artifacts / "config" / "resolved_config.yml").read_text()
+    assert "token: '***'" in resolved or "token: ***" in resolved
+    leaks = [
+        str(f)
+        for f in [store / "mlflow.db", *artifacts.rglob("*")]
+        if f.is_file() and marker.encode() in f.read_bytes()
+    ]
+    assert leaks == []
