@@ -99,6 +99,21 @@ def test_typed_markers_stay_text_and_normal_prompts_render_byte_identical(tokeni
     assert tokenizer.decode(ids) == rendered
 
 
+@pytest.mark.parametrize("tokenizer", tokenizers())
+def test_judge_batches_of_normal_chats_are_unchanged(tokenizer):
+    """The judge pads rows rendered one by one: same tensors as the batched template call."""
+    import torch
+
+    chats = shipped_conversations()[::25]
+    old = tokenizer.apply_chat_template(
+        chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
+    rows = [render_chat_ids(tokenizer, c) for c in chats]
+    new = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
+    assert torch.equal(old["input_ids"], new["input_ids"])
+    assert torch.equal(old["attention_mask"], new["attention_mask"])
+
+
 def test_ingest_counts_typed_markers_as_text():
     from taoflow.pipelines.ingest.nodes import tokenizer_counter
     from taoflow.testing import build_tiny_tokenizer
