@@ -76,6 +76,14 @@ def probes(tmp_path, monkeypatch):
                         for child in children:
                             child.kill()
                     return 1.0
+                if name == "fill":  # many small files: only the scratch size can stop it
+                    try:
+                        for i in range(int(target)):
+                            with open(f"fill-{i}", "wb") as handle:
+                                handle.write(b"x" * (1 << 20))
+                        return 1.0
+                    except OSError:
+                        return 0.0
                 if name == "memory":
                     try:
                         block = bytearray(int(target) << 20)
@@ -178,15 +186,16 @@ def _cmdline(pid: str) -> str:
 
 
 @needs_bwrap
-def test_bwrap_limits_processes_and_memory(probes):
+def test_bwrap_limits_processes_memory_and_scratch(probes):
     scorer = VerifierScorer(
-        function="tao_escape_probes:probe", max_processes=16, memory_mb=512, timeout_s=20
+        function="tao_escape_probes:probe",
+        max_processes=16,
+        memory_mb=512,
+        scratch_mb=8,
+        timeout_s=20,
     )
-    assert run(scorer, [("", "forkbomb"), ("1024", "memory"), ("16", "memory")]) == [
-        0.0,
-        0.0,
-        1.0,
-    ]
+    calls = [("", "forkbomb"), ("1024", "memory"), ("16", "memory"), ("32", "fill"), ("4", "fill")]
+    assert run(scorer, calls) == [0.0, 0.0, 1.0, 0.0, 1.0]
 
 
 def test_missing_bwrap_is_a_clear_error_with_the_opt_out(monkeypatch):

@@ -89,6 +89,7 @@ class VerifierParams(ScorerParams):
     memory_mb: int = Field(4096, ge=0, description="address-space limit per worker; 0: none")
     file_size_mb: int = Field(64, ge=0, description="largest file a worker may write; 0: none")
     max_processes: int = Field(64, ge=0, description="processes per worker's user; 0: none")
+    scratch_mb: int = Field(256, ge=0, description="bwrap: size of the private /tmp; 0: none")
 
 
 class LLMJudgeParams(ScorerParams):

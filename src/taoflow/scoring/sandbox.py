@@ -71,6 +71,7 @@ class SandboxLimits:
     file_size_mb: int = 64
     max_processes: int = 64
     cpu_seconds_per_call: int = 0
+    scratch_mb: int = 256
 
     def as_worker_limits(self) -> dict[str, int]:
         return {
@@ -141,10 +142,13 @@ def _ancestors(paths: list[str]) -> list[str]:
     return sorted(found, key=lambda p: (p.count("/"), p))
 
 
-def worker_command(target: str, limits: SandboxLimits, kind: str, scratch: str) -> list[str]:
-    """The argv that starts one worker for ``target`` inside sandbox ``kind``."""
+def worker_command(target: str, limits: SandboxLimits, kind: str) -> list[str]:
+    """The argv that starts one worker for ``target`` inside sandbox ``kind``.
+
+    In ``bwrap`` the scratch folder is the sandbox's private ``/tmp`` (gone with it); ``none``
+    gets a host folder as its working directory from :func:`start_worker`.
+    """
     module_paths = _module_paths(target)
-    inside_scratch = "/tmp" if kind == "bwrap" else scratch
     config = {
         "target": target,
         "sys_path": _sys_path(module_paths),
@@ -166,7 +170,10 @@ def worker_command(target: str, limits: SandboxLimits, kind: str, scratch: str) 
         argv += ["--setenv", key, value]
     for path in SYSTEM_DIRS:
         argv += ["--ro-bind-try", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
+    if limits.scratch_mb:
+        argv += ["--size", str(limits.scratch_mb << 20)]
+    argv += ["--tmpfs", "/tmp"]
     # The module's own folder is not bound (only the module), so its neighbours stay hidden.
     site = [p for p in config["sys_path"] if p not in {str(Path(m).parent) for m in module_paths}]
     binds = [*ETC_FILES, *_python_paths(), *site, *module_paths, str(WORKER)]
@@ -175,9 +182,7 @@ def worker_command(target: str, limits: SandboxLimits, kind: str, scratch: str) 
         argv += ["--perms", "0755", "--dir", folder]
     for path in binds:
         argv += ["--ro-bind", path, path]
-    argv += ["--remount-ro", "/"]
-    argv += ["--chdir", inside_scratch]
-    del scratch  # bwrap's /tmp is a private tmpfs, gone with the sandbox
+    argv += ["--remount-ro", "/", "--chdir", "/tmp"]
     return argv + python
 
 
@@ -197,7 +202,7 @@ def start_worker(
     scratch = tempfile.mkdtemp(prefix="taoflow-verifier-") if kind == "none" else None
     env: dict[str, Any] | None = None if kind == "none" else dict(SANDBOX_ENV)
     process = subprocess.Popen(
-        worker_command(target, limits, kind, scratch or "/tmp"),
+        worker_command(target, limits, kind),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=scratch,

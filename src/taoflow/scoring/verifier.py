@@ -113,6 +113,7 @@ class VerifierScorer:
         memory_mb: int = 4096,
         file_size_mb: int = 64,
         max_processes: int = 64,
+        scratch_mb: int = 256,
         name: str = "verifier",
     ):
         if ":" not in str(function):
@@ -131,6 +132,7 @@ class VerifierScorer:
             memory_mb=int(memory_mb),
             file_size_mb=int(file_size_mb),
             max_processes=int(max_processes),
+            scratch_mb=int(scratch_mb),
             cpu_seconds_per_call=math.ceil(self.timeout_s) + 1,
         )
         self._idle: list[_Worker] = []
