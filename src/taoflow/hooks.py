@@ -27,6 +27,7 @@ from kedro_mlflow.framework.hooks import MlflowHook
 from pydantic import BaseModel
 
 from taoflow.core import locks
+from taoflow.core.files import atomic_path
 from taoflow.core.ids import seed_everything
 from taoflow.core.secrets import env_secrets, mask_secrets, referenced_env_vars
 
@@ -359,10 +360,10 @@ class StageTimingHook:
         project_path = Path(run_params.get("project_path") or Path.cwd())
         out = project_path / "data" / "08_reporting" / "stage_timings.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Wall time and peak memory per stage\n\n" + table)
-        (out.with_suffix(".json")).write_text(
-            json.dumps({"stages": stages, "nodes": self._rows}, indent=2)
-        )
+        with atomic_path(out) as tmp:
+            tmp.write_text("# Wall time and peak memory per stage\n\n" + table)
+        with atomic_path(out.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"stages": stages, "nodes": self._rows}, indent=2))
         if mlflow.active_run() is not None:
             mlflow.log_metrics(
                 {f"timing.{s['stage']}.seconds": s["seconds"] for s in stages}
