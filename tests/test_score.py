@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -277,6 +278,9 @@ def test_a_plugin_returning_the_wrong_number_of_scores_is_named():
 
 # --- verifier ---------------------------------------------------------------------------------
 
+# The sandbox itself is tested in test_verifier_sandbox.py; here it runs where it can.
+SANDBOX = "bwrap" if shutil.which("bwrap") else "none"
+
 
 def test_verifier_survives_timeouts_crashes_and_exceptions(user_module):
     candidates, prompts = make({"p": ["ok", "sleep", "raise", "crash", "nan", "fine!"]})
@@ -288,6 +292,7 @@ def test_verifier_survives_timeouts_crashes_and_exceptions(user_module):
                 "timeout_s": 1.5,
                 "workers": 2,
                 "failure_value": -1.0,
+                "sandbox": SANDBOX,
             }
         ]
     }
@@ -302,7 +307,9 @@ def test_verifier_survives_timeouts_crashes_and_exceptions(user_module):
 
 def test_verifier_that_cannot_be_imported_is_a_configuration_error(user_module):
     candidates, prompts = make({"p": ["1"]})
-    config = {"scorers": [{"name": "verifier", "function": f"{user_module}:nope"}]}
+    config = {
+        "scorers": [{"name": "verifier", "function": f"{user_module}:nope", "sandbox": SANDBOX}]
+    }
     with pytest.raises(ImportError, match="cannot be loaded"):
         score_candidates(candidates, prompts, config, TASK)
 

@@ -11,7 +11,6 @@ the same MLflow store and serves the same registered model that ``kedro run`` pr
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -41,19 +40,12 @@ def _setup_mlflow(mlflow_conf: dict) -> None:
         mlflow.set_registry_uri(server["mlflow_registry_uri"])
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def serve(args: argparse.Namespace) -> int:
     """Load the configured model and serve it until interrupted."""
     import uvicorn
 
     from taoflow.serving import TraceRecorder, build_config, create_app, load_served_policy
-    from taoflow.serving.config import resolve_token
+    from taoflow.serving.config import check_bind_auth, resolve_token
 
     params, credentials, mlflow_conf = _project(args)
     overrides = {
@@ -66,10 +58,7 @@ def serve(args: argparse.Namespace) -> int:
     config = build_config(values)
     _setup_mlflow(mlflow_conf)
     token = resolve_token(config.auth, credentials)
-    if token is None and not _is_loopback(config.host):
-        logger.warning(
-            "Serving on %s without a bearer token: anyone who can reach it may use it.", config.host
-        )
+    check_bind_auth(config.host, token)
     policy, version = load_served_policy(
         config.model, config.registered_model, config.cache_dir, config.dtype
     )

@@ -26,7 +26,10 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks import MlflowHook
 from pydantic import BaseModel
 
+from taoflow.core import locks
+from taoflow.core.files import atomic_path
 from taoflow.core.ids import seed_everything
+from taoflow.core.secrets import env_secrets, mask_secrets, referenced_env_vars
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +110,74 @@ def plain_parameters(value: Any) -> Any:
     return value
 
 
+RUN_LOCK = "data/.taoflow-run.lock"
+MLFLOW_SETUP_LOCK = "data/.taoflow-mlflow-setup.lock"
+
+
+def context_secrets(context) -> tuple[str, ...]:
+    """Current values of the env variables the context's configuration interpolates."""
+    try:
+        conf_source = context.config_loader.conf_source
+    except AttributeError:
+        return ()
+    return env_secrets(referenced_env_vars(conf_source))
+
+
 class TrackingHook(MlflowHook):
     """kedro-mlflow's hook, fed plain values: nodes receive typed parameter models, which
     kedro-mlflow would log as one opaque string instead of one MLflow param per knob
-    (``generate.num_candidates``)."""
+    (``generate.num_candidates``).
+
+    Its MLflow setup (which creates and migrates a fresh store) runs under a project lock, so
+    two sessions starting together wait for each other instead of racing the migration.
+    """
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._secrets = context_secrets(context)
+        lock = Path(context.project_path) / MLFLOW_SETUP_LOCK
+        locks.acquire(lock, blocking=True, purpose="MLflow setup")
+        try:
+            super().after_context_created(context)
+        finally:
+            locks.release(lock)
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
         super().before_node_run(node, catalog, plain_parameters(inputs), is_async)
+
+    def _log_param(self, name: str, value: Any) -> None:
+        """Every logged parameter passes here: values from the environment are masked."""
+        secrets = getattr(self, "_secrets", ())
+        super()._log_param(mask_secrets(name, secrets), mask_secrets(value, secrets))
+
+
+class RunLockHook:
+    """One ``kedro run`` at a time per project: a second one stops before its first node (and
+    before kedro-mlflow opens its run), naming the run that holds the project."""
+
+    def __init__(self) -> None:
+        self._lock: Path | None = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        project_path = Path(run_params.get("project_path") or Path.cwd())
+        lock = project_path / RUN_LOCK
+        locks.acquire(lock, purpose="taoflow run")
+        self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            locks.release(self._lock)
+            self._lock = None
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._release()
 
 
 class ReproducibilityHook:
@@ -122,10 +185,12 @@ class ReproducibilityHook:
 
     def __init__(self) -> None:
         self._context = None
+        self._secrets: tuple[str, ...] = ()
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._context = context
+        self._secrets = context_secrets(context)
 
     def _raw_parameters(self) -> dict[str, Any]:
         """The resolved parameters as plain YAML values (``context.params`` holds typed models)."""
@@ -159,7 +224,7 @@ class ReproducibilityHook:
             )
             if digest:
                 tags[f"input_sha256.{name}"] = digest[:16]
-        mlflow.set_tags(tags)
+        mlflow.set_tags(mask_secrets(tags, self._secrets))
         resolved = {"parameters": params}
         if self._context is not None:
             try:
@@ -168,6 +233,8 @@ class ReproducibilityHook:
                 logger.debug("catalog config not available for logging", exc_info=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "resolved_config.yml"
+            # Values from the environment (credentials in URIs) never reach the artifact.
+            resolved = mask_secrets(resolved, self._secrets)
             out.write_text(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False))
             mlflow.log_artifact(str(out), artifact_path="config")
 
@@ -293,10 +360,10 @@ class StageTimingHook:
         project_path = Path(run_params.get("project_path") or Path.cwd())
         out = project_path / "data" / "08_reporting" / "stage_timings.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Wall time and peak memory per stage\n\n" + table)
-        (out.with_suffix(".json")).write_text(
-            json.dumps({"stages": stages, "nodes": self._rows}, indent=2)
-        )
+        with atomic_path(out) as tmp:
+            tmp.write_text("# Wall time and peak memory per stage\n\n" + table)
+        with atomic_path(out.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"stages": stages, "nodes": self._rows}, indent=2))
         if mlflow.active_run() is not None:
             mlflow.log_metrics(
                 {f"timing.{s['stage']}.seconds": s["seconds"] for s in stages}

@@ -7,10 +7,11 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from taoflow.context import TaoflowContext
-from taoflow.hooks import ReproducibilityHook, StageTimingHook, TrackingHook
+from taoflow.hooks import ReproducibilityHook, RunLockHook, StageTimingHook, TrackingHook
 
 # kedro-mlflow's hook runs as TrackingHook (same hook, typed parameters logged as plain values).
-HOOKS = (TrackingHook(), ReproducibilityHook(), StageTimingHook())
+# RunLockHook: one run at a time per project directory.
+HOOKS = (TrackingHook(), ReproducibilityHook(), StageTimingHook(), RunLockHook())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 # Validates every parameter block and builds the graph from this env (taoflow.config.graph).

@@ -97,6 +97,13 @@ class VerifierParams(ScorerParams):
     workers: int = 2
     failure_value: float = 0.0
     start_timeout_s: float = 60.0
+    sandbox: Literal["bwrap", "none"] = Field(
+        "bwrap", description="bwrap: bubblewrap isolation; none: the code runs unsandboxed."
+    )
+    memory_mb: int = Field(4096, ge=0, description="address-space limit per worker; 0: none")
+    file_size_mb: int = Field(64, ge=0, description="largest file a worker may write; 0: none")
+    max_processes: int = Field(64, ge=0, description="processes per worker's user; 0: none")
+    scratch_mb: int = Field(256, ge=0, description="bwrap: size of the private /tmp; 0: none")
 
 
 class LLMJudgeParams(ScorerParams):

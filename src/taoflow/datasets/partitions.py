@@ -17,6 +17,7 @@ from kedro_datasets.partitions import PartitionedDataset
 from tqdm.auto import tqdm
 
 from taoflow.core.files import PARTIAL_SUFFIX, partial_path
+from taoflow.datasets.atomic import LOCAL_PROTOCOLS, atomic_open
 
 MANIFEST = "_manifest.json"
 
@@ -51,7 +52,13 @@ class ResumablePartitionedDataset(PartitionedDataset):
             kwargs[self._filepath_arg] = self._join_protocol(tmp)
             self._dataset_type(**kwargs).save(partition_data)
             self._filesystem.mv(tmp, path)
-        with self._filesystem.open(self._manifest_path(), "w") as handle:
+        manifest = self._manifest_path()
+        local = self._protocol in LOCAL_PROTOCOLS
+        with (
+            atomic_open(self._filesystem, manifest, "w")
+            if local
+            else self._filesystem.open(manifest, "w") as handle
+        ):
             json.dump({"partitions": ids}, handle)
         self._invalidate_caches()
 

@@ -30,9 +30,9 @@ from typing import Any
 import fsspec
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.json import JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
 
+from taoflow.datasets.atomic import JSONDataset
 from taoflow.errors import UserError
 
 logger = logging.getLogger(__name__)

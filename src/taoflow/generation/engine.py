@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.generation.chat import render_chat_ids, special_token_texts
 from taoflow.generation.sampling import SeededSampler
 from taoflow.models import Policy
 
@@ -92,17 +93,18 @@ def stop_token_ids(policy: Policy) -> list[int]:
 
 
 def render_prompts(policy: Policy, conversations: Sequence[Sequence[dict]]) -> list[list[int]]:
-    """Chat-template each conversation (with the assistant turn opened) into token ids."""
+    """Chat-template each conversation (with the assistant turn opened) into token ids.
+
+    Special-token text typed inside a message stays text (``taoflow.generation.chat``), so
+    content cannot open or close turns.
+    """
     tokenizer = policy.tokenizer
+    specials = special_token_texts(tokenizer)
     out = []
     for i, conversation in enumerate(conversations):
         if not conversation:
             raise ValueError(f"conversation {i} is empty: nothing to answer.")
-        text = tokenizer.apply_chat_template(
-            list(conversation), add_generation_prompt=True, tokenize=False
-        )
-        # The template already spells out BOS/role markers as text; adding specials would double them.
-        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        out.append(render_chat_ids(tokenizer, list(conversation), specials))
     return out
 
 

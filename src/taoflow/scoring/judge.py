@@ -153,6 +153,7 @@ class LLMJudgeScorer:
     def _local_replies(self, chats: list[list[dict[str, str]]]) -> list[str | None]:
         import torch
 
+        from taoflow.generation.chat import render_chat_ids
         from taoflow.models import load_policy
 
         if self._policy is None:
@@ -161,13 +162,9 @@ class LLMJudgeScorer:
         replies: list[str | None] = []
         starts = range(0, len(chats), self.batch_size)
         for start in tqdm(starts, desc=self.name, unit="batch", disable=len(starts) < 4):
-            batch = tokenizer.apply_chat_template(
-                chats[start : start + self.batch_size],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-                padding=True,
-            )
+            # Judged text (prompts, completions) may hold chat markers: they stay text.
+            rows = [render_chat_ids(tokenizer, c) for c in chats[start : start + self.batch_size]]
+            batch = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
             with torch.inference_mode():
                 out = model.generate(
                     **batch,

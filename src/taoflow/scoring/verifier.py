@@ -5,13 +5,20 @@ crash or leak; it runs in a small pool of worker processes. Each call has a time
 that overruns has its worker killed and replaced, a call that raises (or kills its worker, or
 returns something that is not a finite number) scores ``failure_value``. Failures are counted,
 never fatal — except a function that cannot even be imported, which is a configuration error.
+
+Workers run in a sandbox (``taoflow.scoring.sandbox``): by default bubblewrap with no network,
+a read-only view of only what Python needs, a private scratch ``/tmp``, a clean environment and
+resource limits; the timeout kills the worker's whole process group.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-import multiprocessing as mp
+import os
+import shutil
+import subprocess
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
@@ -22,46 +29,46 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from taoflow.scoring.base import ScoreResult
-from taoflow.scoring.factory import import_object
+from taoflow.scoring.sandbox import SandboxLimits, check_sandbox, kill_group, start_worker
 
 
-def _worker_main(conn: Connection, target: str) -> None:  # pragma: no cover - in a subprocess
-    """Worker loop: import the function once, then answer (prompt, completion) requests."""
-    try:
-        function = import_object(target)
-        if not callable(function):
-            raise TypeError(f"{target} is not callable")
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("load_error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", None))
-    while True:
-        try:
-            request = conn.recv()
-        except EOFError:
-            return
-        if request is None:
-            return
-        try:
-            value = float(function(*request))
-            reply = ("ok", value) if math.isfinite(value) else ("error", f"non-finite {value}")
-        except BaseException as exc:  # noqa: BLE001 - any failure is the candidate's failure
-            reply = ("error", f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+class _Channel:
+    """JSON messages to a worker's stdin and from its stdout (``wait`` polls :meth:`fileno`)."""
+
+    def __init__(self, process: Any):
+        self._out = Connection(os.dup(process.stdin.fileno()), readable=False)
+        self._in = Connection(os.dup(process.stdout.fileno()), writable=False)
+        process.stdin.close()
+        process.stdout.close()
+
+    def send(self, message: Any) -> None:
+        self._out.send_bytes(json.dumps(message).encode())
+
+    def recv(self) -> Any:
+        return json.loads(self._in.recv_bytes(1 << 20))
+
+    def poll(self, timeout: float) -> bool:
+        return self._in.poll(timeout)
+
+    def fileno(self) -> int:
+        return self._in.fileno()
+
+    def close(self) -> None:
+        for conn in (self._out, self._in):
+            with contextlib.suppress(OSError):
+                conn.close()
 
 
 class _Worker:
-    def __init__(self, context: Any, target: str, start_timeout_s: float):
-        self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child, target), daemon=True)
-        self.process.start()
-        child.close()
+    def __init__(self, target: str, start_timeout_s: float, limits: SandboxLimits, sandbox: str):
+        self.process, self.scratch = start_worker(target, limits, sandbox)
+        self.conn = _Channel(self.process)
         if not self.conn.poll(start_timeout_s):
             self.kill()
             raise TimeoutError(f"verifier worker for {target} did not start in {start_timeout_s}s")
         try:
             status, detail = self.conn.recv()
-        except EOFError as exc:
+        except (EOFError, OSError, ValueError) as exc:
             self.kill()
             raise RuntimeError(f"verifier worker for {target} died while importing it") from exc
         if status != "ready":
@@ -71,15 +78,16 @@ class _Worker:
         self.deadline = 0.0
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
+        kill_group(self.process)
         self.conn.close()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.send(None)
-        self.process.join(timeout=1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1)
         self.kill()
 
 
@@ -87,8 +95,10 @@ class VerifierScorer:
     """Scores ``function(prompt, completion)`` (prompt: the last user message) per candidate.
 
     ``timeout_s`` bounds each call; ``workers`` processes run calls in parallel (the pool starts
-    on first use and is reused across calls until :meth:`close`). Workers start with ``spawn``,
-    so the function must be importable by its path (``pkg.module:function``) in a fresh process.
+    on first use and is reused across calls until :meth:`close`). Workers are fresh Python
+    processes, so the function must be importable by its path (``pkg.module:function``); inside
+    the ``bwrap`` sandbox only its top-level module or package is visible, so helpers belong in
+    that package. ``sandbox: none`` opts out of isolation (limits and the group kill stay).
     """
 
     def __init__(
@@ -99,6 +109,11 @@ class VerifierScorer:
         workers: int = 2,
         failure_value: float = 0.0,
         start_timeout_s: float = 60.0,
+        sandbox: str = "bwrap",
+        memory_mb: int = 4096,
+        file_size_mb: int = 64,
+        max_processes: int = 64,
+        scratch_mb: int = 256,
         name: str = "verifier",
     ):
         if ":" not in str(function):
@@ -111,11 +126,19 @@ class VerifierScorer:
         self.failure_value = float(failure_value)
         self.start_timeout_s = float(start_timeout_s)
         self.name = name
-        self._context = mp.get_context("spawn")  # fork would copy torch's threads and state
+        check_sandbox(sandbox)
+        self.sandbox = sandbox
+        self.limits = SandboxLimits(
+            memory_mb=int(memory_mb),
+            file_size_mb=int(file_size_mb),
+            max_processes=int(max_processes),
+            scratch_mb=int(scratch_mb),
+            cpu_seconds_per_call=math.ceil(self.timeout_s) + 1,
+        )
         self._idle: list[_Worker] = []
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._context, self.target, self.start_timeout_s)
+        return _Worker(self.target, self.start_timeout_s, self.limits, self.sandbox)
 
     def close(self) -> None:
         """Stop the worker processes."""
@@ -159,7 +182,7 @@ class VerifierScorer:
                     if worker.conn in ready:
                         try:
                             status, payload = worker.conn.recv()
-                        except (EOFError, OSError):  # the function killed its worker
+                        except (EOFError, OSError, ValueError):  # the worker died or lied
                             finish(worker, False, 0.0, "crashes")
                             worker.kill()
                             continue

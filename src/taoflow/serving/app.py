@@ -225,6 +225,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"generation failed: {type(exc).__name__}", "server_error")
 
 
+def _install_docs(app: FastAPI) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc``, each requiring the bearer token."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    guarded = {"dependencies": [Depends(authorize)], "include_in_schema": False}
+
+    @app.get("/openapi.json", **guarded)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", **guarded)
+    async def docs() -> Any:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="taoflow - Swagger UI")
+
+    @app.get("/redoc", **guarded)
+    async def redoc() -> Any:
+        return get_redoc_html(openapi_url="/openapi.json", title="taoflow - ReDoc")
+
+
 def _prepare(
     body: ChatCompletionRequest, policy: Policy, config: ServeConfig, counter: dict[str, int]
 ) -> tuple[GenerationRequest, dict, int]:
@@ -347,13 +366,22 @@ def create_app(
             if recorder is not None:
                 recorder.flush()
 
-    app = FastAPI(title="taoflow", version="1", lifespan=lifespan)
+    # The schema and its UIs describe the API: served behind the same token as the API itself.
+    app = FastAPI(
+        title="taoflow",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.queue = queue
     app.state.recorder = recorder
     app.state.token = token
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes)
 
     _install_error_handlers(app)
+    _install_docs(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -388,10 +416,20 @@ def create_app(
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
         if not await run_in_threadpool(trace_exists, body.trace_id):
             raise HTTPException(404, f"unknown trace_id {body.trace_id!r}")
-        assessment_id = await run_in_threadpool(
-            log_user_feedback, body.trace_id, body.value, body.user, body.comment
+        assessment_id, replaced = await run_in_threadpool(
+            log_user_feedback,
+            body.trace_id,
+            body.value,
+            body.user,
+            body.comment,
+            redact=config.capture.redact_pii,
         )
-        return {"trace_id": body.trace_id, "assessment_id": assessment_id, "value": body.value}
+        return {
+            "trace_id": body.trace_id,
+            "assessment_id": assessment_id,
+            "value": body.value,
+            "replaced": replaced,
+        }
 
     return app
 

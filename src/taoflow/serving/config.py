@@ -22,10 +22,11 @@ CHAMPION = "champion"
 
 
 class AuthConfig(StrictModel):
-    """Where the bearer token comes from; no token configured means no authentication."""
+    """Where the bearer token comes from. Without one the server only binds to loopback."""
 
     token_env: str | None = Field(
-        "TAOFLOW_SERVE_TOKEN", description="Env var holding the bearer token; unset/empty: no auth."
+        "TAOFLOW_SERVE_TOKEN",
+        description="Env var holding the bearer token; unset/empty: no auth (loopback only).",
     )
     credentials_key: str | None = Field(
         None, description="Else a credentials.yml key ({token: ...} or the token itself)."
@@ -112,6 +113,25 @@ def load_project_config(
         except Exception:  # noqa: BLE001 - a missing credentials.yml is normal
             out.append({})
     return out[0], out[1], out[2]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_bind_auth(host: str, token: str | None) -> None:
+    """Refuse to serve beyond loopback without a bearer token (ValueError, one line)."""
+    if token is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host} without a bearer token: set TAOFLOW_SERVE_TOKEN (or "
+            "serve.auth.token_env / serve.auth.credentials_key), or bind to 127.0.0.1."
+        )
 
 
 def resolve_token(auth: AuthConfig, credentials: dict[str, Any]) -> str | None:

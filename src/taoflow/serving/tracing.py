@@ -7,7 +7,7 @@ Trace contract (read back by ingest's traces source — keep in sync):
   ``model``, ``usage``);
 * trace tag ``taoflow.model_version``: the model reference or registry version that answered;
 * feedback: an assessment named ``user_feedback`` (1.0 thumbs up, 0.0 thumbs down, or a score in
-  [0, 1]) from a ``HUMAN`` source.
+  [0, 1]) from a ``HUMAN`` source; at most one per (trace, user), a new vote replaces the old.
 
 Spans are created after the answer exists, with the request's real start time, so only answered
 requests are recorded (a 429 or a validation error never becomes a half-empty trace) and the
@@ -17,7 +17,9 @@ timings are still the true ones.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import threading
 from typing import Any
 
 import mlflow
@@ -31,21 +33,40 @@ logger = logging.getLogger(__name__)
 ROOT_SPAN = "chat_completion"
 MODEL_VERSION_TAG = "taoflow.model_version"
 FEEDBACK_NAME = "user_feedback"
+USER_KEY_METADATA = "taoflow.user_key"
 PII_KINDS = tuple(PII_PLACEHOLDERS)
+_FEEDBACK_LOCK = threading.Lock()  # check-then-write of one vote per (trace, user)
+
+
+def _redact_strings(value: Any, kinds: tuple[str, ...]) -> tuple[Any, int]:
+    """``value`` with PII redacted in every string it holds (dict values, list items)."""
+    if isinstance(value, str):
+        text, counts = redact_pii(value, kinds)
+        return text, sum(counts.values())
+    if isinstance(value, dict):
+        total = 0
+        out = {}
+        for key, item in value.items():
+            out[key], n = _redact_strings(item, kinds)
+            total += n
+        return out, total
+    if isinstance(value, list):
+        items = [_redact_strings(item, kinds) for item in value]
+        return [i for i, _ in items], sum(n for _, n in items)
+    return value, 0
 
 
 def redact_exchange(
     request: dict[str, Any], response: dict[str, Any], kinds: tuple[str, ...] = PII_KINDS
 ) -> tuple[dict, dict, int]:
-    """Copies of request and response with PII redacted in every message and choice.
+    """Copies of request and response with PII redacted in every request field and every choice.
 
-    Uses ingest's redaction, so what serving records and what ingest keeps follow one set of rules.
+    Every string the client sent is redacted (messages, ``model``, any other field), since any of
+    them may carry what a user typed; the response's own ids and version stay as they are. Uses
+    ingest's redaction, so what serving records and what ingest keeps follow one set of rules.
     """
-    request, response = copy.deepcopy(request), copy.deepcopy(response)
-    total = 0
-    for message in request.get("messages", []):
-        message["content"], counts = redact_pii(str(message.get("content", "")), kinds)
-        total += sum(counts.values())
+    request, total = _redact_strings(copy.deepcopy(request), kinds)
+    response = copy.deepcopy(response)
     for choice in response.get("choices", []):
         message = choice.get("message") or {}
         if "content" in message:
@@ -115,17 +136,49 @@ def trace_exists(trace_id: str) -> bool:
         return False
 
 
+def user_key(user: str | None) -> str:
+    """A stable, non-reversible key for a feedback author: one vote per (trace, user)."""
+    return hashlib.sha256((user or "anonymous").encode()).hexdigest()[:24]
+
+
 def log_user_feedback(
-    trace_id: str, value: float, user: str | None = None, comment: str | None = None
-) -> str:
-    """Attach a human ``user_feedback`` assessment to a trace; returns the assessment id."""
+    trace_id: str,
+    value: float,
+    user: str | None = None,
+    comment: str | None = None,
+    *,
+    redact: bool = True,
+) -> tuple[str, bool]:
+    """Attach a human ``user_feedback`` assessment to a trace: ``(assessment id, replaced)``.
+
+    A user's new vote on a trace replaces their earlier one (matched by :func:`user_key` of the
+    raw user, so two users whose names redact alike still count apart). With ``redact`` the
+    comment and the user name are PII-redacted before they are stored.
+    """
+    key = user_key(user)
+    with _FEEDBACK_LOCK:
+        return _replace_feedback(trace_id, value, key, user, comment=comment, redact=redact)
+
+
+def _replace_feedback(
+    trace_id: str, value: float, key: str, user: str | None, *, comment: str | None, redact: bool
+) -> tuple[str, bool]:
+    trace = mlflow.get_trace(trace_id, silent=True, flush=True)
+    replaced = False
+    for old in (trace.info.assessments or []) if trace is not None else []:
+        if old.name == FEEDBACK_NAME and (old.metadata or {}).get(USER_KEY_METADATA) == key:
+            mlflow.delete_assessment(trace_id=trace_id, assessment_id=old.assessment_id)
+            replaced = True
+    source_id = user or "anonymous"
+    if redact:
+        source_id = redact_pii(source_id, PII_KINDS)[0]
+        comment = redact_pii(comment, PII_KINDS)[0] if comment is not None else None
     assessment = mlflow.log_feedback(
         trace_id=trace_id,
         name=FEEDBACK_NAME,
         value=float(value),
-        source=AssessmentSource(
-            source_type=AssessmentSourceType.HUMAN, source_id=user or "anonymous"
-        ),
+        source=AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=source_id),
         rationale=comment,
+        metadata={USER_KEY_METADATA: key},
     )
-    return assessment.assessment_id
+    return assessment.assessment_id, replaced

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from taoflow.config.train import TrainParams
+from taoflow.core.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def prepare_checkpoint_dir(directory: Path, run_key: dict[str, str], resume: boo
                 )
             shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(run_key, indent=2, sort_keys=True))
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(run_key, indent=2, sort_keys=True))
     return last
 
 

@@ -20,6 +20,7 @@ from taoflow.core.ids import stable_hash
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.datasets.mlflow_traces import FEEDBACK_SHARD_PREFIX
 from taoflow.errors import UserError
+from taoflow.generation.chat import holds_special_text, render_chat_ids, special_token_texts
 from taoflow.pipelines.ingest.cleaning import TokenCounter, clean_rows
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ def take_new_traces(
 def tokenizer_counter(tokenizer: PreTrainedTokenizerBase, batch_size: int = 256) -> TokenCounter:
     """Prompt lengths in tokens of the base model, chat template and generation header included."""
 
+    specials = special_token_texts(tokenizer)
+
     def count(conversations: list[list[dict[str, str]]]) -> list[int]:
         lengths: list[int] = []
         for start in tqdm(
@@ -93,7 +96,13 @@ def tokenizer_counter(tokenizer: PreTrainedTokenizerBase, batch_size: int = 256)
             batch = conversations[start : start + batch_size]
             texts = tokenizer.apply_chat_template(batch, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-            lengths += [len(x) for x in ids]
+            # Typed special-token text counts as the characters it is, as generation renders it.
+            lengths += [
+                len(render_chat_ids(tokenizer, c, specials))
+                if holds_special_text(c, specials)
+                else len(x)
+                for c, x in zip(batch, ids, strict=True)
+            ]
         return lengths
 
     return count
