@@ -57,11 +57,11 @@ def _clean_one(
     messages, dropped = normalize_messages(
         row["messages"], ingest.system_prompt, ingest.system_prompt_mode
     )
-    row_redactions: Counter = Counter()
+    row_redactions: Counter = Counter(row.get("redactions") or {})  # found while parsing
     for message in messages if kinds else []:
         message["content"], found = redact_pii(message["content"], kinds)
         row_redactions += found
-    exact = stable_hash(row["messages"])
+    exact = row.get("exact_key") or stable_hash(row["messages"])
     norm = dedup_key(messages)
     if exact in first_exact:
         raise RowError("duplicate_exact", f"same row as {first_exact[exact]}")

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
 
 from taoflow.config.ingest import FileSourceParams, IngestParams
+from taoflow.core.ids import stable_hash
 from taoflow.core.pii import redact_pii
-from taoflow.core.text import RowError, coerce_messages
+from taoflow.core.text import RowError, coerce_messages, normalize_text
 from taoflow.datasets.mlflow_traces import FEEDBACK_SHARD_PREFIX, empty_traces
 from taoflow.datasets.usage_files import RawSource, RowProblem
 from taoflow.errors import UserError
@@ -319,6 +321,30 @@ def merged_trace_log(trace_shards: dict[str, Callable[[], pd.DataFrame]]) -> pd.
     return log
 
 
+def protect_rows(rows: list[dict[str, Any]], kinds: list[str]) -> None:
+    """Redact PII in each row's messages before the rows are stored (``ingest_rows``).
+
+    Cleaning normalises and then redacts; doing the same here, in the same order, leaves it
+    nothing to change (both steps are idempotent), so prompts are as before. The exact-duplicate
+    key and the redaction counts are taken from the text as read and carried along.
+    """
+    if not kinds:
+        return
+    for row in rows:
+        messages = row.get("messages")
+        if not isinstance(messages, list):
+            continue
+        row["exact_key"] = stable_hash(messages)
+        found: Counter = Counter()
+        protected = []
+        for message in messages:
+            content, counts = redact_pii(normalize_text(message["content"]), kinds)
+            found += counts
+            protected.append({**message, "content": content})
+        row["messages"] = protected
+        row["redactions"] = dict(found)
+
+
 def parse_sources(
     usage_files: dict[str, RawSource],
     trace_shards: dict[str, Callable[[], pd.DataFrame]],
@@ -345,6 +371,7 @@ def parse_sources(
         ingest.max_raw_chars,
         pii_kinds(ingest),
     )
+    protect_rows(rows, pii_kinds(ingest))
     if not rows:
         named = ", ".join(empty) or "(no usage file configured)"
         raise UserError(
