@@ -26,6 +26,7 @@ BLOCKS: dict[str, str] = {
     "audit": "taoflow.config.audit:AuditParams",
     "sft_oracle": "taoflow.config.sft_oracle:SftOracleParams",
     "reward_model": "taoflow.config.reward_model:RewardModelParams",
+    "judge": "taoflow.config.judge:JudgeParams",
     "serve": "taoflow.serving.config:ServeConfig",
 }
 

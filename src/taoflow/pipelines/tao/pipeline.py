@@ -26,6 +26,7 @@ from typing import Any
 from kedro.pipeline import Pipeline, pipeline
 
 from taoflow.config.graph import graph_parameters
+from taoflow.config.judge import JudgeParams
 from taoflow.config.tao import TaoParams
 from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
 from taoflow.pipelines.audit.pipeline import create_template as audit_template
@@ -38,6 +39,9 @@ from taoflow.pipelines.health.pipeline import (
 )
 from taoflow.pipelines.health.pipeline import create_template as health_template
 from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from taoflow.pipelines.judge.pipeline import create_prepare as judge_prepare
+from taoflow.pipelines.judge.pipeline import create_references as judge_references
+from taoflow.pipelines.judge.pipeline import create_verdict_template as judge_verdicts
 from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
 from taoflow.pipelines.promote.pipeline import create_pipeline as promote_pipeline
 from taoflow.pipelines.score.pipeline import create_template as score_template
@@ -47,19 +51,30 @@ from taoflow.pipelines.train.pipeline import create_template as train_template
 BASE = "base_model"
 
 
-def round_template() -> Pipeline:
-    """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy."""
+def round_template(judge: JudgeParams | None = None) -> Pipeline:
+    """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy.
+
+    With ``judge.enabled`` the score node also takes the judge's output: the run's
+    ``judge_references`` (reference mode) or the round's own ``judgements`` (verdict mode).
+    """
+    judge = judge or JudgeParams()
+    judgements = None
+    verdicts = Pipeline([])
+    if judge.enabled:
+        judgements = "judgements" if judge.mode == "verdict" else "judge_references"
+        verdicts = judge_verdicts() if judge.mode == "verdict" else verdicts
     return (
         generate_template()
-        + score_template()
+        + verdicts
+        + score_template(judgements)
         + train_template()
         + health_template(select_policy=True, probe_policy=True)
     )
 
 
-def create_round(k: int, input_policy: str) -> Pipeline:
+def create_round(k: int, input_policy: str, judge: JudgeParams | None = None) -> Pipeline:
     """Round ``k`` under namespace ``round_k``, starting from the catalog entry ``input_policy``."""
-    template = round_template()
+    template = round_template(judge)
     free = {name for name in template.inputs() if not name.startswith("params:")}
     inputs = {name: name for name in free}
     inputs.update(input_policy=input_policy, health_reference="health_base_probe")
@@ -76,9 +91,15 @@ def create_audit(k: int) -> Pipeline:
 
 
 def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
-    tao: TaoParams = graph_parameters().get("tao") or TaoParams()
+    params = graph_parameters()
+    tao: TaoParams = params.get("tao") or TaoParams()
+    judge: JudgeParams = params.get("judge") or JudgeParams()
     rounds = tao.rounds if rounds is None else rounds
     composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
+    if judge.enabled:  # a frozen judge stronger than the policy, for the `judge` scorer
+        composed += judge_prepare()
+        if judge.mode == "reference":
+            composed += judge_references()
     models, health = {"base": BASE}, {}
     if tao.sft_oracle:
         # the labeled-training yardstick; evaluated beside TAO, never gated
@@ -88,7 +109,7 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     namespaces = []
     for k in range(1, rounds + 1):
         namespace = f"round_{k}"
-        composed += create_round(k, policy)
+        composed += create_round(k, policy, judge)
         if tao.audit_rewards:
             composed += create_audit(k)
         policy = f"{namespace}.next_policy"
