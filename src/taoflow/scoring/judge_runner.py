@@ -15,6 +15,7 @@ import numpy as np
 
 from taoflow.config.judge import JudgeParams
 from taoflow.core.ids import stable_hash
+from taoflow.scoring.judge import chat_content
 from taoflow.scoring.judge_http import (
     ChatEndpoint,
     parse_verdict,
@@ -141,9 +142,7 @@ class JudgeRunner:
             texts = []
             for _ in range(j.samples):
                 reply = next(replies)
-                texts.append(
-                    "" if reply is None else str(reply["choices"][0]["message"]["content"])
-                )
+                texts.append("" if reply is None else chat_content(reply))
             answer, confidence, completion = majority_answer(texts, extractor)
             rows.append(
                 reference_row(
