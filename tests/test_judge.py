@@ -464,3 +464,29 @@ def test_smoke_pipeline_with_the_judge_scores_round_one(kedro_project: Path):
     assert (
         json.loads((data / "06_models/judge_model.json").read_text())["backend"] == "transformers"
     )
+
+
+@pytest.mark.parametrize(
+    ("block", "value", "message"),
+    [
+        ("judge", {"prompt": {"corect": "yes"}}, r"'judge.prompt.corect'; did you mean 'correct'"),
+        ("judge", {"sampels": 3}, r"'judge.sampels'; did you mean 'samples'"),
+        (
+            "score",
+            {"scorers": [{"type": "judge", "scale_by_confidance": True}]},
+            r"scale_by_confidance.*did you mean 'scale_by_confidence'",
+        ),
+    ],
+)
+def test_judge_typos_name_the_key_and_the_nearest_valid_one(block, value, message):
+    from taoflow.config.base import ParameterError
+
+    with pytest.raises(ParameterError, match=message):
+        validate_block(block, value)
+
+
+def test_http_judge_needs_a_url():
+    from taoflow.config.base import ParameterError
+
+    with pytest.raises(ParameterError, match="judge.http.url"):
+        validate_block("judge", {"enabled": True, "backend": "http"})
