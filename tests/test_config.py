@@ -131,7 +131,7 @@ def test_viz_and_run_build_the_same_graph_for_the_same_env(kedro_project):
     assert not any(name.startswith("round_2.") for name in one_round)
 
 
-@pytest.mark.parametrize("env", [None, "smoke", "two_rounds"])
+@pytest.mark.parametrize("env", [None, "smoke", "two_rounds", "judge"])
 def test_every_dataset_between_nodes_is_declared(kedro_project, env):
     """No undeclared MemoryDataset: the graph can be cut into separately scheduled tasks."""
     from kedro.framework.project import pipelines

@@ -29,6 +29,7 @@ BLOCKS: dict[str, str] = {
     "sft_oracle": "taoflow.config.sft_oracle:SftOracleParams",
     "judge_distill": "taoflow.config.judge_distill:JudgeDistillParams",
     "reward_model": "taoflow.config.reward_model:RewardModelParams",
+    "judge": "taoflow.config.judge:JudgeParams",
     "serve": "taoflow.serving.config:ServeConfig",
 }
 

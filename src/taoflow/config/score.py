@@ -127,6 +127,23 @@ class LLMJudgeParams(ScorerParams):
     cache_dir: str = "data/06_models"
 
 
+class JudgeScorerParams(ScorerParams):
+    """Agreement with the ``judge`` stage's answers (or its verdicts), given to it as data."""
+
+    type: Literal["judge"] = "judge"
+    answer: AnswerParams | None = Field(None, description="Extractor; null: the task's.")
+    compare: Literal["auto", "exact", "semantic"] = Field(
+        "auto", description="auto: semantic when the task's extractor is 'full'."
+    )
+    scale_by_confidence: bool = Field(False, description="Multiply by the judge's vote share.")
+    agree_value: float = 1.0
+    disagree_value: float = 0.0
+    missing_value: float = Field(0.0, description="No judge data for the candidate.")
+    model: str | None = Field(None, description="Embedding model; null: the packaged one.")
+    batch_size: int = 64
+    device: str = "cpu"
+
+
 class FormatParams(ScorerParams):
     type: Literal["format"] = "format"
     answer: AnswerParams | None = None
@@ -160,6 +177,7 @@ BUILTIN_PARAMS: dict[str, type[ScorerParams]] = {
     "reward_model": RewardModelParams,
     "verifier": VerifierParams,
     "llm_judge": LLMJudgeParams,
+    "judge": JudgeScorerParams,
     "format": FormatParams,
     "length_penalty": LengthPenaltyParams,
 }

@@ -134,6 +134,7 @@ class CandidateScorer:
         config: ScoreParams | Mapping[str, Any],
         task: TaskParams | Mapping[str, Any] | None,
         credentials: dict[str, Any] | None = None,
+        references: pd.DataFrame | None = None,
     ):
         self.config = as_score_params(config)
         self.task = as_task_dict(task)
@@ -145,7 +146,7 @@ class CandidateScorer:
             ConfiguredScorer(
                 name=entry.scorer_name,
                 weight=entry.weight,
-                scorer=build_scorer(entry.as_entry(), self.task, credentials),
+                scorer=build_scorer(entry.as_entry(), self.task, credentials, references),
             )
             for entry in self.config.scorers
         ]
@@ -257,6 +258,8 @@ def score_candidates(
     config: ScoreParams | Mapping[str, Any],
     task: TaskParams | Mapping[str, Any] | None,
     credentials: dict[str, Any] | None = None,
+    *,
+    references: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score candidates without labels: the one entry point every stage uses.
 
@@ -270,8 +273,10 @@ def score_candidates(
     group's rewards are all equal). Groups come out contiguous (see :func:`prepare_frame`).
 
     ``config`` is the ``score`` parameters block, ``task`` is ``params:task`` (its ``answer``
-    extractor is every scorer's default), ``credentials`` holds API keys for remote judges.
-    Callers that score repeatedly should build a :class:`CandidateScorer` once instead.
+    extractor is every scorer's default), ``credentials`` holds API keys for remote judges,
+    ``references`` the judge stage's output for the ``judge`` scorer (``judge_references`` or a
+    round's ``judgements``). Callers that score repeatedly should build a
+    :class:`CandidateScorer` once instead.
     """
-    with CandidateScorer(config, task, credentials) as scorer:
+    with CandidateScorer(config, task, credentials, references) as scorer:
         return scorer.score(candidates, prompts)

@@ -24,6 +24,7 @@ BUILTIN_SCORERS: dict[str, str] = {
     "reward_model": "taoflow.scoring.reward_model:RewardModelScorer",
     "verifier": "taoflow.scoring.verifier:VerifierScorer",
     "llm_judge": "taoflow.scoring.judge:LLMJudgeScorer",
+    "judge": "taoflow.scoring.judge_reward:JudgeScorer",
     "format": "taoflow.scoring.heuristics:FormatScorer",
     "length_penalty": "taoflow.scoring.heuristics:LengthPenaltyScorer",
 }
@@ -71,9 +72,16 @@ def _accepts(cls: Any, name: str) -> bool:
 
 
 def build_scorer(
-    entry: dict[str, Any], task: dict[str, Any], credentials: dict[str, Any] | None = None
+    entry: dict[str, Any],
+    task: dict[str, Any],
+    credentials: dict[str, Any] | None = None,
+    references: Any = None,
 ) -> Any:
-    """One scorer from its config entry ``{name, type, weight, **params}``."""
+    """One scorer from its config entry ``{name, type, weight, **params}``.
+
+    A class gets ``name``, ``task``, ``credentials`` and ``references`` (data another stage
+    made for scoring, e.g. the judge's answers) when its constructor accepts them.
+    """
     kind = entry.get("type") or entry.get("name")
     if not kind:
         raise ValueError(f"scorer entry {entry!r} has neither 'type' nor 'name'")
@@ -87,7 +95,12 @@ def build_scorer(
     obj = import_object(target)
     params = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     if inspect.isclass(obj):
-        context = {"name": name, "task": task, "credentials": credentials or {}}
+        context = {
+            "name": name,
+            "task": task,
+            "credentials": credentials or {},
+            "references": references,
+        }
         for key, value in context.items():
             if key not in params and _accepts(obj, key):
                 params[key] = value

@@ -35,6 +35,44 @@ DEFAULT_RUBRIC = (
 DEFAULT_PATTERN = r"(?i)score\W{0,3}(-?\d+(?:\.\d+)?)"
 
 
+def chat_url(url: str) -> str:
+    """A base URL (``http://host:8000/v1``) → its ``/chat/completions`` endpoint."""
+    url = str(url).rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+def chat_content(reply: dict[str, Any]) -> str:
+    """The first choice's message text of a chat-completion response."""
+    return str(reply["choices"][0]["message"]["content"])
+
+
+def post_chat(
+    client: Any, url: str, body: dict[str, Any], retries: int, name: str
+) -> dict[str, Any] | None:
+    """POST one chat completion; retry 429/5xx and transport errors with backoff.
+
+    Returns the decoded response (with at least one choice), or None once the retries are spent.
+    """
+    import httpx
+
+    for attempt in range(retries + 1):
+        try:
+            response = client.post(url, json=body)
+            if response.status_code in (429, 500, 502, 503, 504) and attempt < retries:
+                time.sleep(0.5 * 2**attempt)
+                continue
+            response.raise_for_status()
+            reply = response.json()
+            chat_content(reply)  # a reply without a message is a failed request
+            return reply
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+            if attempt >= retries:
+                logger.warning("%s: request failed: %s", name, exc)
+                return None
+            time.sleep(0.5 * 2**attempt)
+    return None
+
+
 class LLMJudgeScorer:
     """Judge score in [0, 1] (``(s - min_score) / (max_score - min_score)``; raw with
     ``normalize: false``). ``rubric`` may use ``{prompt}``, ``{completion}``, ``{min_score}``,
@@ -73,9 +111,7 @@ class LLMJudgeScorer:
             raise ValueError(f"{name}: max_score must exceed min_score")
         self.name = name
         self.backend = backend
-        self.url = str(url).rstrip("/") if url else None
-        if self.url and not self.url.endswith("/chat/completions"):
-            self.url += "/chat/completions"
+        self.url = chat_url(url) if url else None
         self.model = model
         self.api_key = self._api_key(credentials or {}, credentials_key or name)
         self.rubric, self.system_prompt = rubric, system_prompt
@@ -129,20 +165,8 @@ class LLMJudgeScorer:
             "temperature": 0,
             "max_tokens": self.max_new_tokens,
         }
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._client.post(self.url, json=body)
-                if response.status_code in (429, 500, 502, 503, 504) and attempt < self.retries:
-                    time.sleep(0.5 * 2**attempt)
-                    continue
-                response.raise_for_status()
-                return str(response.json()["choices"][0]["message"]["content"])
-            except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
-                if attempt >= self.retries:
-                    logger.warning("%s: request failed: %s", self.name, exc)
-                    return None
-                time.sleep(0.5 * 2**attempt)
-        return None
+        reply = post_chat(self._client, str(self.url), body, self.retries, self.name)
+        return None if reply is None else chat_content(reply)
 
     def _http_replies(self, chats: list[list[dict[str, str]]]) -> list[str | None]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

@@ -83,15 +83,21 @@ def score(
     config: ScoreParams,
     task: Mapping[str, Any],
     credentials: dict[str, Any] | None,
+    judgements: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Scored candidates and their label-free metrics (step = the round).
+
+    ``judgements``: the judge stage's output (``judge_references`` or the round's
+    ``judgements``) when ``judge.enabled``; handed to scorers as their ``references``.
 
     ``task`` is not typed as ``TaskParams`` on purpose: Kedro replaces a typed parameter for
     every node of the run, and nodes of other stages still read ``params:task`` as a mapping.
     """
     if candidates.empty:
         raise ValueError("no scorable candidates: see score_rejects for why each was rejected")
-    scored, summary = score_candidates(candidates, prompts, config, task, credentials)
+    scored, summary = score_candidates(
+        candidates, prompts, config, task, credentials, references=judgements
+    )
     summary["rejected"] = float(len(rejects))
     return scored, mlflow_metrics(summary, prefix="score", step=round_of(scored))
 

@@ -8,8 +8,22 @@ SHARED_INPUTS = {"prompts": "prompts", "score_credentials": "score_credentials"}
 SHARED_PARAMETERS = {"params:score": "params:score", "params:task": "params:task"}
 
 
-def create_template() -> Pipeline:
-    """Un-namespaced round template; ``tao`` instantiates it per round with ``namespace=``."""
+def create_template(judgements: str | None = None) -> Pipeline:
+    """Un-namespaced round template; ``tao`` instantiates it per round with ``namespace=``.
+
+    ``judgements``: the dataset holding the judge stage's output for the ``judge`` scorer
+    (``judge_references``, or ``judgements`` made inside the round); None: no judge.
+    """
+    inputs = {
+        "candidates": "scorable_candidates",
+        "prompts": "prompts",
+        "rejects": "score_rejects",
+        "config": "params:score",
+        "task": "params:task",
+        "credentials": "score_credentials",
+    }
+    if judgements:
+        inputs["judgements"] = judgements
     return Pipeline(
         [
             node(
@@ -20,14 +34,7 @@ def create_template() -> Pipeline:
             ),
             node(
                 score,
-                inputs={
-                    "candidates": "scorable_candidates",
-                    "prompts": "prompts",
-                    "rejects": "score_rejects",
-                    "config": "params:score",
-                    "task": "params:task",
-                    "credentials": "score_credentials",
-                },
+                inputs=inputs,
                 outputs=["scored", "score_metrics"],
                 name="score_candidates",
             ),

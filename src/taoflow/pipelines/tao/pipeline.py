@@ -26,6 +26,7 @@ from typing import Any
 from kedro.pipeline import Pipeline, pipeline
 
 from taoflow.config.graph import graph_parameters
+from taoflow.config.judge import JudgeParams
 from taoflow.config.tao import TaoParams
 from taoflow.config.train import TrainParams
 from taoflow.pipelines.audit.pipeline import SHARED_PARAMETERS as AUDIT_PARAMETERS
@@ -41,6 +42,9 @@ from taoflow.pipelines.health.pipeline import (
 )
 from taoflow.pipelines.health.pipeline import create_template as health_template
 from taoflow.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from taoflow.pipelines.judge.pipeline import create_prepare as judge_prepare
+from taoflow.pipelines.judge.pipeline import create_references as judge_references
+from taoflow.pipelines.judge.pipeline import create_verdict_template as judge_verdicts
 from taoflow.pipelines.judge_distill.pipeline import create_pipeline as judge_distill_pipeline
 from taoflow.pipelines.prepare_base.pipeline import create_pipeline as prepare_base_pipeline
 from taoflow.pipelines.prepare_extra.pipeline import create_pipeline as prepare_extra_pipeline
@@ -52,26 +56,40 @@ from taoflow.pipelines.train.pipeline import create_template as train_template
 BASE = "base_model"
 
 
-def round_template(reference: bool = False) -> Pipeline:
+def round_template(judge: JudgeParams | None = None, reference: bool = False) -> Pipeline:
     """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy.
 
+    With ``judge.enabled`` the score node also takes the judge's output: the run's
+    ``judge_references`` (reference mode) or the round's own ``judgements`` (verdict mode).
     ``reference``: training also reads ``reference_policy`` (DPO's fixed reference).
     """
+    judge = judge or JudgeParams()
+    judgements = None
+    verdicts = Pipeline([])
+    if judge.enabled:
+        judgements = "judgements" if judge.mode == "verdict" else "judge_references"
+        verdicts = judge_verdicts() if judge.mode == "verdict" else verdicts
     return (
         generate_template()
-        + score_template()
+        + verdicts
+        + score_template(judgements)
         + train_template(reference=reference)
         + health_template(select_policy=True, probe_policy=True)
     )
 
 
-def create_round(k: int, input_policy: str, reference_policy: str | None = None) -> Pipeline:
+def create_round(
+    k: int,
+    input_policy: str,
+    judge: JudgeParams | None = None,
+    reference_policy: str | None = None,
+) -> Pipeline:
     """Round ``k`` under namespace ``round_k``, starting from the catalog entry ``input_policy``.
 
     ``reference_policy`` (a catalog entry, the base model) is wired as DPO's fixed reference;
     None leaves the template without that input.
     """
-    template = round_template(reference=reference_policy is not None)
+    template = round_template(judge, reference=reference_policy is not None)
     free = {name for name in template.inputs() if not name.startswith("params:")}
     inputs = {name: name for name in free}
     inputs.update(input_policy=input_policy, health_reference="health_base_probe")
@@ -98,8 +116,13 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
     params = graph_parameters()
     tao: TaoParams = params.get("tao") or TaoParams()
     train: TrainParams = params.get("train") or TrainParams()
+    judge: JudgeParams = params.get("judge") or JudgeParams()
     rounds = tao.rounds if rounds is None else rounds
     composed = ingest_pipeline() + prepare_base_pipeline() + create_reference_probe()
+    if judge.enabled:  # a frozen judge stronger than the policy, for the `judge` scorer
+        composed += judge_prepare()
+        if judge.mode == "reference":
+            composed += judge_references()
     models, health = {"base": BASE}, {}
     if tao.sft_oracle:
         # the labeled-training yardstick; evaluated beside TAO, never gated
@@ -115,7 +138,7 @@ def create_pipeline(rounds: int | None = None, **kwargs: Any) -> Pipeline:
         namespace = f"round_{k}"
         # round 1 trains the base model itself: its own reference already
         reference = BASE if k > 1 and train.reference_is_initial else None
-        composed += create_round(k, policy, reference) + create_signal(k)
+        composed += create_round(k, policy, judge, reference) + create_signal(k)
         if tao.audit_rewards:
             composed += create_audit(k)
         policy = f"{namespace}.next_policy"
