@@ -23,13 +23,17 @@ import pandas as pd
 
 from taoflow.core.answers import extract_answer, normalize_answer
 from taoflow.scoring.base import GroupScorer, ScoreResult
-from taoflow.scoring.majority import TIE_POLICIES, vote
+from taoflow.scoring.majority import MajorityVoteScorer, vote
 
 SINGLE_VIEW = "prompt"
 
 
-class CrossViewScorer(GroupScorer):
-    """``agree_value`` when the answer matches the other views' majority, else ``disagree_value``."""
+class CrossViewScorer(MajorityVoteScorer):
+    """``agree_value`` when the answer matches the other views' majority, else ``disagree_value``.
+
+    Same knobs as the majority vote (``views`` maps a strategy to the view it answers; by
+    default each strategy is its own view); only the group a candidate is compared with differs.
+    """
 
     def __init__(
         self,
@@ -45,19 +49,18 @@ class CrossViewScorer(GroupScorer):
         no_majority_value: float = 0.0,
         name: str = "cross_view",
     ):
-        if ties not in TIE_POLICIES:
-            raise ValueError(f"{name}: ties must be one of {TIE_POLICIES}, got {ties!r}")
-        self.extractor = answer or (task or {}).get("answer") or {"kind": "last_number"}
-        extract_answer("0", self.extractor)  # a misconfigured extractor fails now, not mid-run
-        self.views = dict(views or {})
-        self.ties = ties
-        self.min_agreement = float(min_agreement)
-        self.values = (
-            float(agree_value),
-            float(disagree_value),
-            float(no_answer_value),
-            float(no_majority_value),
+        super().__init__(
+            task=task,
+            answer=answer,
+            ties=ties,
+            min_agreement=min_agreement,
+            agree_value=agree_value,
+            disagree_value=disagree_value,
+            no_answer_value=no_answer_value,
+            no_majority_value=no_majority_value,
+            name=name,
         )
+        self.views = dict(views or {})
 
     def view_of(self, strategy: Any) -> str:
         """The view a strategy's candidates answer."""
@@ -99,7 +102,7 @@ class CrossViewScorer(GroupScorer):
         )
 
     def score(self, frame: pd.DataFrame) -> ScoreResult:
-        result = super().score(frame)
+        result = GroupScorer.score(self, frame)  # per group; the vote's own metrics do not apply
         views = pd.DataFrame(
             {
                 "prompt_id": frame["prompt_id"].to_numpy(),
