@@ -354,11 +354,12 @@ def test_judge_distill_pipeline_runs_in_kedro_session(kedro_project, tiny_policy
     prompts.assign(source="t", meta="{}").to_parquet(
         kedro_project / "data/03_primary/prompts.parquet"
     )
-    path = kedro_project / "data/02_intermediate/judge_references.parquet"
+    import yaml
+
+    entry = yaml.safe_load((kedro_project / "conf/base/catalog_judge.yml").read_text())
+    path = kedro_project / entry["judge_references"]["filepath"]  # where the judge stage writes
     path.parent.mkdir(parents=True, exist_ok=True)
     refs.to_parquet(path)
-    catalog = kedro_project / "conf/base/catalog_judge_references_test.yml"
-    catalog.write_text(f"judge_references:\n  type: pandas.ParquetDataset\n  filepath: {path}\n")
     runtime = {
         "model": {"name_or_path": "tiny-random"},
         "judge_distill": {"judge": "embedded-judge"},
