@@ -57,18 +57,13 @@ class MajorityVoteParams(ScorerParams):
     no_majority_value: float = 0.0
 
 
-class CrossViewParams(ScorerParams):
-    type: Literal["cross_view"] = "cross_view"
-    answer: AnswerParams | None = Field(None, description="Extractor; null: the task's.")
+class CrossViewParams(MajorityVoteParams):
+    """The vote's knobs, compared with the other views' majority."""
+
+    type: Literal["cross_view"] = "cross_view"  # type: ignore[assignment]
     views: dict[str, str] | None = Field(
         None, description="strategy → view name; null: each strategy is its own view"
     )
-    ties: Literal["none", "all", "first"] = "none"
-    min_agreement: float = 0.0
-    agree_value: float = 1.0
-    disagree_value: float = 0.0
-    no_answer_value: float = 0.0
-    no_majority_value: float = 0.0
 
 
 class SemanticConsensusParams(ScorerParams):

@@ -17,17 +17,9 @@ from taoflow.config.evaluate import BestOfNVariant, EvaluateParams
 from taoflow.config.shared import TaskParams
 from taoflow.core.answers import answers_match, extract_answer
 from taoflow.evaluation.benchmarks import MODEL_NAME, benchmark_items, source_table
+from taoflow.scoring.judge_model import REFERENCE_COLUMNS
 
 SELECTED_PREFIX = "selected__"
-REFERENCE_COLUMNS = [
-    "prompt_id",
-    "judge",
-    "mode",
-    "judge_answer",
-    "judge_confidence",
-    "n_samples",
-    "completion",
-]
 
 BEST_OF_N_COLUMNS = [
     "model",
