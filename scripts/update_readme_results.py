@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = ["accuracy", "pass@1", "maj@8", "pass@8"]
 
 
@@ -92,6 +91,34 @@ def paired_table(paired: pd.DataFrame, benchmark: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train_audit_table(runs: list[tuple[str, Path]]) -> str:
+    """Per run and round: what the trust gates let reach training, and how right it was."""
+    lines = [
+        "| run | round | gold-labelled prompts | prompts trained on | chosen examples right "
+        "| rejected examples wrong |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, run_dir in runs:
+        for path in sorted((run_dir / "data" / "08_reporting").glob("round_*/train_audit.parquet")):
+            audit = pd.read_parquet(path)
+            gold = pd.read_parquet(path.parent / "reward_audit.parquet")
+            n_gold = len(gold)
+            chosen = audit[audit["side"] == "chosen"]
+            rejected = audit[audit["side"] == "rejected"]
+            kept = chosen["prompt_id"].nunique()
+            right = f"{chosen['correct'].mean():.0%} of {len(chosen)}" if len(chosen) else "–"
+            wrong = (
+                f"{(~rejected['correct'].astype(bool)).mean():.0%} of {len(rejected)}"
+                if len(rejected)
+                else "–"
+            )
+            lines.append(
+                f"| {label} | {path.parent.name} | {n_gold} | {kept} ({kept / n_gold:.0%}) "
+                f"| {right} | {wrong} |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def audit_table(reporting: Path) -> str:
     """Per round: how right the label-free rewards were on the training prompts (reward_audit)."""
     lines = [
@@ -148,6 +175,11 @@ def main() -> None:
     parser.add_argument("--label-free-benchmark", default="holdout")
     parser.add_argument("--command", default="kedro run", help="the command that produced the run")
     parser.add_argument(
+        "--block", default="results", help="README markers <!-- BLOCK:start/end -->"
+    )
+    parser.add_argument("--config", default="default", help="configuration named in the block")
+    parser.add_argument("--label", default="this run", help="the main run's label in audit tables")
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -159,6 +191,8 @@ def main() -> None:
         label, run_dir, command = spec.split("|", 2)
         variants.append((label, Path(run_dir), command))
     reporting = args.run_dir / "data" / "08_reporting"
+    start, end = f"<!-- {args.block}:start -->", f"<!-- {args.block}:end -->"
+    runs = [(args.label, args.run_dir)] + [(v[0].partition("@")[0], v[1]) for v in variants]
     results = with_variants(
         pd.read_parquet(reporting / "eval_results.parquet"), variants, "eval_results.parquet"
     )
@@ -167,8 +201,8 @@ def main() -> None:
     )
     timings = (reporting / "stage_timings.md").read_text().split("\n", 2)[-1].strip()
     block = (
-        f"{START}\n"
-        f"Produced by `{args.command}` on the default configuration (2-core CPU, no GPU), laid out "
+        f"{start}\n"
+        f"Produced by `{args.command}` on the {args.config} configuration (2-core CPU, no GPU), laid out "
         f"by `python scripts/update_readme_results.py`.\n\n"
         f"{results_table(results, args.benchmark)}\n"
         f"{variant_notes(variants)}"
@@ -181,12 +215,20 @@ def main() -> None:
             if (audit := audit_table(reporting))
             else ""
         )
+        + (
+            f"What training learned from, checked against `usage_gold` after the fact "
+            f"(`train_audit`; for DPO the chosen and rejected sides of each pair):\n\n{trained}\n"
+            if (trained := train_audit_table(runs))
+            else ""
+        )
         + f"Wall time and peak memory per stage of that run:\n\n{timings}\n"
-        f"{END}"
+        f"{end}"
     )
     readme = ROOT / "README.md"
     text = readme.read_text()
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if start not in text:
+        raise SystemExit(f"README.md has no {start} … {end} markers")
+    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     readme.write_text(text)
     print(block)
 

@@ -193,7 +193,9 @@ def test_label_free_signal_quality_needs_no_gold_and_reads_gates():
     table, metrics = assess_signal_quality(scored, TrainParams(), TASK)  # no gates: skipped
     assert not any(".gate" in k for k in metrics)
     assert metrics["signal.round_1.agreement.majority_vote__judge"]["value"] == pytest.approx(1 / 3)
-    report = build_audit_report(pd.DataFrame({"scorer": ["judge"], "precision": [1.0]}), table)
+    report = build_audit_report(
+        pd.DataFrame({"scorer": ["judge"], "precision": [1.0]}), table, pd.DataFrame()
+    )
     assert "Label-free signal quality" in report and "majority_vote__judge" in report
 
 
@@ -209,6 +211,9 @@ def test_audit_pipeline_writes_scorer_audit_signal_quality_and_report(kedro_proj
     questions = {"a": "1 + 2", "b": "4 - 1", "c": "2 + 4"}
     (kedro_project / "data/05_model_input/round_1").mkdir(parents=True)
     scored.to_parquet(kedro_project / "data/05_model_input/round_1/scored.parquet")
+    dpo_pairs(scored, [("a-0", "a-3"), ("b-0", "b-2")]).to_parquet(
+        kedro_project / "data/05_model_input/round_1/train_examples.parquet"
+    )
     (kedro_project / "data/03_primary").mkdir(parents=True)
     prompts_frame(questions).to_parquet(kedro_project / "data/03_primary/prompts.parquet")
     with (kedro_project / "data/01_raw/usage_gold.jsonl").open("w") as handle:
@@ -229,6 +234,61 @@ def test_audit_pipeline_writes_scorer_audit_signal_quality_and_report(kedro_proj
     signal = pd.read_parquet(reporting / "signal_quality.parquet")
     assert "majority_vote__judge" in set(signal["name"])
     assert "## Against gold answers" in (reporting / "audit_report.md").read_text()
+    trained = pd.read_parquet(reporting / "train_audit.parquet")
+    assert trained.groupby("side")["correct"].mean().to_dict() == {"chosen": 0.5, "rejected": 0.5}
+    assert "## What training learned from" in (reporting / "audit_report.md").read_text()
     (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
     assert run.data.metrics["signal.round_1.agreement.majority_vote__judge"] == pytest.approx(1 / 3)
     assert run.data.metrics["audit.round_1.scorers.judge.precision"] == 1.0
+
+
+def dpo_pairs(scored: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """DPO train_examples rows for (chosen candidate id, rejected candidate id) pairs."""
+    prompt_of = scored.set_index("candidate_id")["prompt_id"]
+    return pd.DataFrame(
+        {
+            "prompt_id": [prompt_of[c] for c, _ in pairs],
+            "round": 1,
+            "chosen_id": [c for c, _ in pairs],
+            "rejected_id": [r for _, r in pairs],
+        }
+    )
+
+
+def test_training_data_audit_checks_what_training_learned_from():
+    from taoflow.pipelines.audit.nodes import audit_training_data
+
+    scored = scored_frame(
+        {
+            "a": [("3", 1.0, 0.5), ("4", 0.0, 0.5)],
+            "b": [("7", 1.0, 0.5), ("3", 0.0, 0.5)],
+            "c": [("6", 1.0, 0.5), ("5", 0.0, 0.5)],
+            "d": [("9", 1.0, 0.5), ("1", 0.0, 0.5)],  # no gold: left out
+        }
+    )
+    prompts = prompts_frame({"a": "1 + 2", "b": "4 - 1", "c": "2 + 4", "d": "8 + 1"})
+    gold = pd.DataFrame(
+        {"question": [Q.format(q) for q in ("1 + 2", "4 - 1", "2 + 4")], "answer": ["3", "3", "6"]}
+    )
+    # dpo: a right over wrong, b wrong over right, d unlabelled; c never reached training
+    pairs = dpo_pairs(scored, [("a-0", "a-1"), ("b-0", "b-1"), ("d-0", "d-1")])
+    table, metrics = audit_training_data(pairs, scored, prompts, gold, TASK)
+    value = {k.removeprefix("audit.round_2.train."): v["value"] for k, v in metrics.items()}
+    assert value == {
+        "gold_prompts": 3.0,
+        "kept_prompts": 2.0,
+        "kept_share": pytest.approx(2 / 3),
+        "chosen_precision": 0.5,
+        "rejected_wrong": 0.5,
+    }
+    assert set(table["prompt_id"]) == {"a", "b"}
+
+    # rft targets: every example is a chosen one
+    targets = pd.DataFrame({"prompt_id": ["a", "c"], "candidate_id": ["a-0", "c-1"]})
+    table, metrics = audit_training_data(targets, scored, prompts, gold, TASK)
+    assert metrics["audit.round_2.train.chosen_precision"]["value"] == 0.5
+    assert "audit.round_2.train.rejected_wrong" not in metrics
+    # kto: desirable / undesirable by label
+    kto = targets.assign(label=[True, False])
+    table, _ = audit_training_data(kto, scored, prompts, gold, TASK)
+    assert table.set_index("candidate_id")["side"].to_dict() == {"a-0": "chosen", "c-1": "rejected"}

@@ -275,8 +275,11 @@ def _markdown(frame: pd.DataFrame) -> list[str]:
     return [head, rule, *body]
 
 
-def build_audit_report(scorer_audit: pd.DataFrame, signal_quality: pd.DataFrame) -> str:
-    """Markdown: the label-free signal estimate, then each scorer checked against gold."""
+def build_audit_report(
+    scorer_audit: pd.DataFrame, signal_quality: pd.DataFrame, train_audit: pd.DataFrame
+) -> str:
+    """Markdown: the label-free signal estimate, each scorer checked against gold, then the
+    examples training learned from."""
     out = [
         "# Scorer audit",
         "",
@@ -293,5 +296,112 @@ def build_audit_report(scorer_audit: pd.DataFrame, signal_quality: pd.DataFrame)
         "candidates within a prompt (prompts with both); per confidence bucket.",
         "",
         *_markdown(scorer_audit),
+        "",
+        "## What training learned from, against gold",
+        "",
+        "Per side of the examples (dpo chosen/rejected, kto desirable/undesirable, rft targets): "
+        "examples, prompts, and the share whose answer is right.",
+        "",
+        *_markdown(_train_summary(train_audit)),
     ]
     return "\n".join(out) + "\n"
+
+
+def _train_summary(train_audit: pd.DataFrame) -> pd.DataFrame:
+    columns = ["side", "examples", "prompts", "right"]
+    if train_audit.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = train_audit.groupby("side", sort=True)
+    return pd.DataFrame(
+        {
+            "side": list(grouped.groups),
+            "examples": grouped.size().to_list(),
+            "prompts": grouped["prompt_id"].nunique().to_list(),
+            "right": grouped["correct"].mean().astype(float).to_list(),
+        },
+        columns=columns,
+    )
+
+
+TRAIN_AUDIT_COLUMNS = ["prompt_id", "gold_answer", "side", "candidate_id", "answer", "correct"]
+
+
+def _example_sides(examples: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """(side, candidate ids) of what a trainer learns from: chosen/rejected (dpo), desirable/
+    undesirable (kto) or targets (rft); grpo samples online and has none."""
+    if {"chosen_id", "rejected_id"} <= set(examples.columns):
+        return [("chosen", examples["chosen_id"]), ("rejected", examples["rejected_id"])]
+    if "candidate_id" not in examples.columns:
+        return []
+    if "label" in examples.columns:
+        label = examples["label"].astype(bool)
+        return [
+            ("chosen", examples.loc[label, "candidate_id"]),
+            ("rejected", examples.loc[~label, "candidate_id"]),
+        ]
+    return [("chosen", examples["candidate_id"])]
+
+
+def audit_training_data(
+    train_examples: pd.DataFrame,
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    usage_gold: pd.DataFrame,
+    task: TaskParams,
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """What training actually learned from, against gold (read-only, after the fact).
+
+    The gates' promise is that the examples that survive them are right: ``chosen_precision`` is
+    the share of chosen (target, desirable) examples whose answer is right, ``rejected_wrong``
+    the share of rejected (undesirable) ones whose answer is wrong, ``kept_share`` the share of
+    the round's gold-labelled prompts that reached training at all.
+    """
+    round_ = _round_of(scored)
+    frame = _with_answers(scored, task)
+    gold = _gold_by_prompt(frame, prompts, usage_gold)
+    answers = frame.set_index(frame["candidate_id"].astype(str))["answer"]
+    prompt_of = frame.set_index(frame["candidate_id"].astype(str))["prompt_id"].astype(str)
+    rows = []
+    for side, ids in _example_sides(train_examples):
+        for candidate_id in ids.astype(str):
+            prompt_id = str(prompt_of.get(candidate_id, ""))
+            if prompt_id not in gold:
+                continue
+            answer = answers.get(candidate_id)
+            rows.append(
+                {
+                    "prompt_id": prompt_id,
+                    "gold_answer": gold[prompt_id],
+                    "side": side,
+                    "candidate_id": candidate_id,
+                    "answer": None if _missing(answer) else str(answer),
+                    "correct": bool(
+                        not _missing(answer) and answers_match(str(answer), gold[prompt_id])
+                    ),
+                }
+            )
+    table = pd.DataFrame(rows, columns=TRAIN_AUDIT_COLUMNS)
+    chosen = table[table["side"] == "chosen"]
+    rejected = table[table["side"] == "rejected"]
+    values = {
+        "gold_prompts": float(len(gold)),
+        "kept_prompts": float(chosen["prompt_id"].nunique()),
+        "kept_share": chosen["prompt_id"].nunique() / len(gold) if gold else float("nan"),
+        "chosen_precision": float(chosen["correct"].mean()) if len(chosen) else float("nan"),
+        "rejected_wrong": float((~rejected["correct"]).mean()) if len(rejected) else float("nan"),
+    }
+    logger.info(
+        "training data round %d: %d of %d gold-labelled prompts reached training; chosen right "
+        "%.0f%%, rejected wrong %.0f%%",
+        round_,
+        values["kept_prompts"],
+        values["gold_prompts"],
+        100 * values["chosen_precision"],
+        100 * values["rejected_wrong"],
+    )
+    values = {k: v for k, v in values.items() if not np.isnan(v)}
+    return table, mlflow_metrics(values, prefix=f"audit.round_{round_}.train", step=round_)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))

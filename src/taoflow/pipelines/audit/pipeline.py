@@ -1,6 +1,7 @@
 """audit: ``scored`` + ``prompts`` + ``usage_gold`` → ``reward_audit`` table and metrics (one round).
 
-Also ``scorer_audit`` (every scorer against gold) and the ``audit_report``. The label-free
+Also ``scorer_audit`` (every scorer against gold), ``train_audit`` (the examples training
+learned from, against gold) and the ``audit_report``. The label-free
 ``signal_quality`` estimate (:func:`create_signal_template`) needs no gold: ``tao`` composes it
 into every round, beside training. Composed into ``tao`` per round when ``tao.audit_rewards`` is
 on; stand-alone (``kedro run --pipeline audit``) it audits the persisted ``round_1.scored``.
@@ -12,6 +13,7 @@ from taoflow.pipelines.audit.nodes import (
     assess_signal_quality,
     audit_rewards,
     audit_scorers,
+    audit_training_data,
     build_audit_report,
 )
 
@@ -37,8 +39,14 @@ def create_template() -> Pipeline:
                 name="audit_scorers",
             ),
             node(
+                audit_training_data,
+                inputs=["train_examples", "scored", "prompts", "usage_gold", "params:task"],
+                outputs=["train_audit", "train_audit_metrics"],
+                name="audit_training_data",
+            ),
+            node(
                 build_audit_report,
-                inputs=["scorer_audit", "signal_quality"],
+                inputs=["scorer_audit", "signal_quality", "train_audit"],
                 outputs="audit_report",
                 name="build_audit_report",
             ),
