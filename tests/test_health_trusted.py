@@ -89,7 +89,12 @@ def test_judge_agreement_is_a_per_prompt_share_then_a_mean():
     # "no idea" has no answer: it disagrees; "c" has no judge answer: left out
     assert shares.to_dict() == {"a": 0.5, "b": 0.0}
     policy, base = trusted_signals(frame, frame.head(6), refs, {"kind": "last_number"})
-    assert policy == {"judge_agreement": 0.25, "judge_agreement_rise": 0.0, "n_judge_prompts": 2}
+    assert policy == {
+        "judge_agreement": 0.25,
+        "judge_agreement_rise": 0.0,
+        "judge_agreement_rise_se": 0.0,
+        "n_judge_prompts": 2,
+    }
     assert base == {"judge_agreement": 0.25, "n_judge_prompts": 2}
     # free-form answers: exact equality of texts means nothing, so no signal (and no rule)
     assert judge_agreement_by_prompt(frame, refs, {"kind": "full"}).empty

@@ -72,21 +72,24 @@ def trusted_signals(
     """Judge agreement of ``frame`` (the judged policy) and of ``reference`` (the base), paired.
 
     Both are averaged over the prompts both frames sampled and the judge answered, so the rise
-    (``judge_agreement_rise``, in the policy's signals) compares like with like. None when there
-    is no such prompt.
+    (``judge_agreement_rise``, in the policy's signals, with its paired standard error over those
+    prompts, ``judge_agreement_rise_se``) compares like with like. None when there is no such
+    prompt.
     """
     policy = judge_agreement_by_prompt(frame, references, answer_config)
     base = judge_agreement_by_prompt(reference, references, answer_config)
     shared = policy.index.intersection(base.index)
-    if len(shared) == 0:
-        value = base_value = rise = None
-    else:
+    value = base_value = rise = se = None
+    if len(shared):
         value = float(policy[shared].mean())
         base_value = float(base[shared].mean())
-        rise = float(np.mean(policy[shared].to_numpy() - base[shared].to_numpy()))
+        diff = policy[shared].to_numpy() - base[shared].to_numpy()
+        rise = float(diff.mean())
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
     signals = {
         "judge_agreement": value,
         "judge_agreement_rise": rise,
+        "judge_agreement_rise_se": se,
         "n_judge_prompts": int(len(shared)),
     }
     return signals, {"judge_agreement": base_value, "n_judge_prompts": int(len(shared))}
