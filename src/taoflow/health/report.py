@@ -107,7 +107,8 @@ def health_report(
         + "--- |",
     ]
     if judged:
-        lines[2:2] = [
+        lines[0] = "## Health (label-free, and against the judge)"
+        lines[4:4] = [
             "With the judge's reference answers, each probe is also scored by how often its "
             "answers equal the judge's (a trusted signal): sharpening toward the judge overrules "
             "a consensus collapse (`trusted_rise`), drifting away from it is a collapse "
@@ -203,5 +204,9 @@ def _health_figure(
         ax.set_xticks(x, labels, fontsize=7)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    figure.suptitle("Label-free health per round")
+    figure.suptitle(
+        "Health per round: label-free signals and agreement with the judge"
+        if judged
+        else "Label-free health per round"
+    )
     return figure
