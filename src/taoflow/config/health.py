@@ -31,6 +31,16 @@ class HealthThresholds(StrictModel):
     off_support_share: float | None = Field(
         0.7, description="share of prompts whose majority answer the base never sampled"
     )
+    trusted_rise: float | None = Field(
+        0.05,
+        description="with judge references: agreement with the judge's answers rose by at least "
+        "this over the base's — a consensus collapse is overruled as sharpening toward the judge",
+    )
+    trusted_fall: float | None = Field(
+        0.10,
+        description="with judge references: agreement with the judge's answers fell by at least "
+        "this below the base's — collapsed, whatever the label-free rules say",
+    )
 
 
 class ProbeParams(StrictModel):

@@ -6,6 +6,7 @@ signals here do, without labels. The ``health`` pipeline, the registry gate
 (:func:`promotion_blocked`) and the report (:func:`health_report`) share one definition.
 
 * :mod:`~taoflow.health.signals` — pure signals per prompt group and per round;
+* :mod:`~taoflow.health.trusted` — agreement with a frozen judge's answers, when there is one;
 * :mod:`~taoflow.health.verdict` — the collapse detector, :class:`Verdict`, the gate;
 * :mod:`~taoflow.health.probe` — samples a policy (the only module that runs a model);
 * :mod:`~taoflow.health.report` — the report's Markdown section and figure.
@@ -20,6 +21,7 @@ from taoflow.health.signals import (
     health_signals,
     prompt_texts,
 )
+from taoflow.health.trusted import judge_agreement_by_prompt, trusted_signals
 from taoflow.health.verdict import (
     DEFAULT_THRESHOLDS,
     Verdict,
@@ -39,8 +41,10 @@ __all__ = [
     "group_signals",
     "health_report",
     "health_signals",
+    "judge_agreement_by_prompt",
     "probe_policy",
     "promotion_blocked",
     "prompt_texts",
     "threshold_values",
+    "trusted_signals",
 ]

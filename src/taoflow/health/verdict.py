@@ -3,7 +3,10 @@
 Healthy training sharpens too (agreement rises), so no rule fires on agreement alone: the
 consensus rule needs agreement up *and* entropy down, and the other rules look for the
 degenerate shapes collapse takes (copying the prompt, length collapse or blow-up, a consensus
-the base never sampled). Pure functions of signal dicts.
+the base never sampled). Where a frozen judge's reference answers exist, the judge agreement
+(:mod:`taoflow.health.trusted`) tells the two apart: sharpening toward the judge overrules the
+consensus rule (``trusted_rise``), losing the judge flags a collapse (``trusted_fall``). Pure
+functions of signal dicts.
 """
 
 from __future__ import annotations
@@ -29,15 +32,22 @@ class Verdict:
     signals: dict[str, Any]
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # With the judge's agreement in the signals: the rules that decided (those whose reasons
+    # stand, or ``trusted_rise`` when it overruled) and the reasons it overruled. None: no judge.
+    decided_by: list[str] | None = None
+    overruled: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "collapsed": bool(self.collapsed),
             "reasons": list(self.reasons),
             "signals": dict(self.signals),
             "checks": dict(self.checks),
             "notes": list(self.notes),
         }
+        if self.decided_by is not None:
+            data.update(decided_by=list(self.decided_by), overruled=list(self.overruled))
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
@@ -47,6 +57,8 @@ class Verdict:
             signals=dict(data.get("signals", {})),
             checks=dict(data.get("checks", {})),
             notes=list(data.get("notes", [])),
+            decided_by=None if data.get("decided_by") is None else list(data["decided_by"]),
+            overruled=list(data.get("overruled", [])),
         )
 
 
@@ -69,11 +81,22 @@ class _Checks:
     def __init__(self) -> None:
         self.checks: dict[str, dict[str, Any]] = {}
         self.reasons: list[str] = []
+        self.rules: list[str] = []  # the rule behind each reason
 
-    def add(self, name: str, value: float | None, threshold: Any, tripped: bool, why: str) -> None:
+    def add(
+        self, name: str, value: float | None, threshold: Any, tripped: bool, why: str, *, rule: str
+    ) -> None:
         self.checks[name] = {"value": value, "threshold": _num(threshold), "tripped": bool(tripped)}
         if tripped:
             self.reasons.append(why)
+            self.rules.append(rule)
+
+    def drop(self, rule: str) -> list[str]:
+        """Withdraw the reasons of ``rule`` (its checks stay as measured); returns them."""
+        dropped = [why for why, r in zip(self.reasons, self.rules, strict=True) if r == rule]
+        kept = [(why, r) for why, r in zip(self.reasons, self.rules, strict=True) if r != rule]
+        self.reasons, self.rules = [w for w, _ in kept], [r for _, r in kept]
+        return dropped
 
 
 def _consensus_rule(out: _Checks, signals: dict, ref: dict, limits: dict) -> None:
@@ -113,6 +136,7 @@ def _consensus_rule(out: _Checks, signals: dict, ref: dict, limits: dict) -> Non
         f"{entropy_name} fell {ref_entropy:.2f} → {entropy:.2f}"
         if tripped
         else "",
+        rule="consensus_collapse",
     )
 
 
@@ -127,6 +151,7 @@ def _shape_rules(out: _Checks, signals: dict, ref: dict, limits: dict) -> None:
             limits["copy_share_rise"],
             rise >= limits["copy_share_rise"],
             f"prompt copying: {copy:.0%} of answers copy a prompt span (base {ref_copy:.0%})",
+            rule="prompt_copy",
         )
 
     length, ref_length = _num(signals.get("length_mean")), _num(ref.get("length_mean"))
@@ -138,6 +163,7 @@ def _shape_rules(out: _Checks, signals: dict, ref: dict, limits: dict) -> None:
             limits["length_ratio_min"],
             ratio <= limits["length_ratio_min"],
             f"length collapse: mean length {ref_length:.1f} → {length:.1f} tokens",
+            rule="length_collapse",
         )
 
     capped, ref_capped = _num(signals.get("max_tokens_share")), _num(ref.get("max_tokens_share"))
@@ -150,6 +176,7 @@ def _shape_rules(out: _Checks, signals: dict, ref: dict, limits: dict) -> None:
             rise >= limits["max_tokens_share_rise"],
             f"length blow-up: {capped:.0%} of completions hit the token cap (base "
             f"{ref_capped or 0:.0%})",
+            rule="length_blowup",
         )
 
     off = _num(signals.get("majority_off_base_support"))
@@ -161,7 +188,41 @@ def _shape_rules(out: _Checks, signals: dict, ref: dict, limits: dict) -> None:
             off >= limits["off_support_share"],
             f"off-support consensus: on {off:.0%} of prompts the majority answer is one the base "
             "never sampled",
+            rule="off_support",
         )
+
+
+def _trusted_rules(out: _Checks, signals: dict, ref: dict, limits: dict) -> list[str]:
+    """Judge agreement fell by ``trusted_fall``: collapse; rose by ``trusted_rise``: the consensus
+    rule's reasons are withdrawn (sharpening toward the judge). Returns the withdrawn reasons."""
+    rise = _num(signals.get("judge_agreement_rise"))
+    if rise is None:
+        return []
+    value, base = _num(signals.get("judge_agreement")), _num(ref.get("judge_agreement"))
+    moved = (
+        f"{base:.2f} → {value:.2f}" if value is not None and base is not None else f"{rise:+.2f}"
+    )
+    fall = limits.get("trusted_fall")
+    if fall is not None:
+        out.add(
+            "trusted_fall",
+            -rise,
+            fall,
+            -rise >= fall,
+            f"judge agreement fell: {moved} of probe answers equal the judge's reference answer",
+            rule="trusted_fall",
+        )
+    limit = limits.get("trusted_rise")
+    if limit is None:
+        return []
+    tripped = rise >= limit
+    out.checks["trusted_rise"] = {"value": rise, "threshold": _num(limit), "tripped": tripped}
+    if not tripped:
+        return []
+    return [
+        f"sharpening toward the judge, not collapse (judge agreement {moved}): {why}"
+        for why in out.drop("consensus_collapse")
+    ]
 
 
 def detect_collapse(
@@ -182,6 +243,17 @@ def detect_collapse(
     * ``off_support``: ≥ ``off_support_share`` of prompts have a consensus answer the base never
       sampled (needs the reference *frame* in the signals; sharpening methods cannot get there).
 
+    With the judge's agreement in the signals (``judge_agreement``, ``judge_agreement_rise``: see
+    :func:`taoflow.health.trusted.trusted_signals`):
+
+    * ``trusted_fall``: agreement with the judge fell by ≥ ``trusted_fall`` — collapsed, even
+      when every label-free rule is silent;
+    * ``trusted_rise``: agreement with the judge rose by ≥ ``trusted_rise`` — a consensus
+      collapse is overruled (recorded in ``overruled``), the other rules stand.
+
+    ``decided_by`` then names the rules behind the verdict. Without the judge's signals these
+    rules are skipped and the verdict is the label-free one, unchanged.
+
     Fewer than ``min_prompts`` voting groups is not judged (a note says so) rather than guessed.
     """
     limits = threshold_values(thresholds)
@@ -200,7 +272,11 @@ def detect_collapse(
     out = _Checks()
     _consensus_rule(out, signals, ref, limits)
     _shape_rules(out, signals, ref, limits)
-    return Verdict(bool(out.reasons), out.reasons, signals, out.checks, [])
+    if _num(signals.get("judge_agreement_rise")) is None:
+        return Verdict(bool(out.reasons), out.reasons, signals, out.checks, [])
+    overruled = _trusted_rules(out, signals, ref, limits)
+    decided_by = list(dict.fromkeys(out.rules)) or (["trusted_rise"] if overruled else [])
+    return Verdict(bool(out.reasons), out.reasons, signals, out.checks, [], decided_by, overruled)
 
 
 def _as_verdict_dict(item: Any) -> dict[str, Any] | None:

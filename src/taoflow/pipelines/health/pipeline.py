@@ -19,7 +19,9 @@ def shared_params(template: Pipeline) -> dict[str, str]:
     return {name: name for name in sorted(template.inputs()) if name.startswith("params:")}
 
 
-def create_template(select_policy: bool = False, probe_policy: bool = False) -> Pipeline:
+def create_template(
+    select_policy: bool = False, probe_policy: bool = False, judge_references: bool = False
+) -> Pipeline:
     """Un-namespaced round template.
 
     Inputs: ``scored`` (candidates of the judged policy), ``prompts``, ``health_reference`` (the
@@ -28,6 +30,8 @@ def create_template(select_policy: bool = False, probe_policy: bool = False) -> 
     ``probe_policy`` judges ``policy`` itself: it samples it (``params:health.probe``,
     ``params:seed``) into ``health_probe`` and judges that instead of ``scored``; map
     ``health_reference`` to ``health_base_probe`` (:func:`create_reference_probe`) then.
+    ``judge_references`` adds that input (the judge stage's reference answers): the verdict then
+    also weighs agreement with the judge (``health.thresholds.trusted_*``).
     """
     nodes = []
     judged = "scored"
@@ -41,10 +45,19 @@ def create_template(select_policy: bool = False, probe_policy: bool = False) -> 
             )
         )
         judged = "health_probe"
+    inputs = {
+        "scored": judged,
+        "prompts": "prompts",
+        "reference": "health_reference",
+        "health": "params:health",
+        "task": "params:task",
+    }
+    if judge_references:
+        inputs["judge_references"] = "judge_references"
     nodes.append(
         node(
             compute_health,
-            inputs=[judged, "prompts", "health_reference", "params:health", "params:task"],
+            inputs=inputs,
             outputs=["health", "health_metrics"],
             name="compute_health",
         )

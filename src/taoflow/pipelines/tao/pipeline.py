@@ -60,7 +60,8 @@ def round_template(judge: JudgeParams | None = None, reference: bool = False) ->
     """One round, un-namespaced: ``input_policy`` → candidates → scored → policy → next_policy.
 
     With ``judge.enabled`` the score node also takes the judge's output: the run's
-    ``judge_references`` (reference mode) or the round's own ``judgements`` (verdict mode).
+    ``judge_references`` (reference mode) or the round's own ``judgements`` (verdict mode); in
+    reference mode health weighs the probe's agreement with those references too.
     ``reference``: training also reads ``reference_policy`` (DPO's fixed reference).
     """
     judge = judge or JudgeParams()
@@ -74,7 +75,11 @@ def round_template(judge: JudgeParams | None = None, reference: bool = False) ->
         + verdicts
         + score_template(judgements)
         + train_template(reference=reference)
-        + health_template(select_policy=True, probe_policy=True)
+        + health_template(
+            select_policy=True,
+            probe_policy=True,
+            judge_references=judge.enabled and judge.mode == "reference",
+        )
     )
 
 
