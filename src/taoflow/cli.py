@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
-        "serve", parents=[common], help="serve a model behind an OpenAI-compatible API"
+        "serve",
+        parents=[common],
+        help="serve a model behind an OpenAI-compatible API",
+        description="Serve a model behind an OpenAI-compatible API: POST /v1/chat/completions "
+        "(stream: true streams token by token), GET /v1/models, POST /v1/feedback, GET /health. "
+        "Set TAOFLOW_SERVE_TOKEN to require a bearer token; knobs: conf/base/parameters_serve.yml.",
     )
     p.add_argument("--model", help="champion (default), models:/NAME@ALIAS, or a model reference")
     p.add_argument("--host", help="bind address (default from serve.host: 127.0.0.1)")
