@@ -105,3 +105,21 @@ def test_sampled_stream_with_several_choices_matches_the_same_seed_unstreamed(se
     assert ["".join(p) for p in pieces] == [c.message.content for c in whole.choices]
     assert all(c.message.content.strip() for c in whole.choices)  # real text, not just spaces
     assert finish == [c.finish_reason for c in whole.choices]
+
+
+def test_a_stream_left_midway_is_still_traced_once(served):
+    import time
+
+    import httpx
+
+    _, recorder, url = served
+    before = n_traces(recorder)
+    body = {"messages": QUESTION, "max_tokens": 32, "temperature": 0, "stream": True}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+        first = next(r.iter_lines())
+    assert first.startswith("data: ") and '"role": "assistant"' in first
+    deadline = time.monotonic() + 60
+    while n_traces(recorder) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert n_traces(recorder) == before + 1

@@ -377,9 +377,11 @@ def create_app(
         try:
             yield
         finally:
+            if finishing:  # streams in flight: let them finish and record their traces
+                await asyncio.wait(set(finishing), timeout=30)
             await queue.stop()
-            if finishing:
-                await asyncio.gather(*finishing, return_exceptions=True)
+            for task in set(finishing):
+                task.cancel()
             if recorder is not None:
                 recorder.flush()
 
