@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from taoflow.promotion import CHALLENGER, CHAMPION, Champion, decide, register_and_gate
@@ -15,7 +18,7 @@ def _scores(n_correct: int) -> dict[str, float]:
     return {item: float(i < n_correct) for i, item in enumerate(ITEMS)}
 
 
-def test_gate_promotes_then_keeps_challenger(tiny_policy, mlflow_uri):
+def test_gate_promotes_then_keeps_challenger(tiny_policy, mlflow_uri, tmp_path):
     name = "gate-test"
     base, good = _scores(10), _scores(30)
     tiny_policy.lineage.update({"round": 1, "algorithm": "rft"})
@@ -38,6 +41,13 @@ def test_gate_promotes_then_keeps_challenger(tiny_policy, mlflow_uri):
     assert champion.tags["taoflow.lineage.algorithm"] == "rft"
     assert champion.tags["taoflow.gate.fingerprint"] == "fp1"
     assert mlflow.get_run(first.info.run_id).data.tags["taoflow.gate.decision"] == CHAMPION
+    # The registered version's model card carries the lineage and the gate's evaluation.
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path)))
+    card = next(root.rglob("model_card.md")).read_text()
+    assert "bench/accuracy" in card and "@champion" in card and "vs base" in card
+    meta = yaml.safe_load(next(root.rglob("model_card_data.yaml")).read_text())
+    assert meta["taoflow"]["algorithm"] == "rft"
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
 
     # Same scores as the champion: not better, so it stays a challenger and says why.
     with mlflow.start_run() as second:

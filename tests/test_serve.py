@@ -232,8 +232,10 @@ def test_streaming_and_seeded_answers(server):
     events = [line.removeprefix("data: ") for line in stream.text.splitlines() if line]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    assert chunks[0]["choices"][0]["delta"]["content"] == first["choices"][0]["message"]["content"]
-    assert chunks[-1]["trace_id"] == stream.headers["X-Trace-Id"]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == first["choices"][0]["message"]["content"]
+    assert chunks[-1]["trace_id"] not in (None, first["trace_id"], again["trace_id"])
 
 
 def test_capture_off_records_nothing(tiny_policy, serve_config, module_store):

@@ -1,4 +1,4 @@
-"""The ``taoflow`` console script: ``taoflow serve`` and ``taoflow prepare-base``; Kedro's ``run``.
+"""The ``taoflow`` console script: ``serve``, ``prepare-base``, ``push-to-hub``; Kedro's ``run``.
 
 ``kedro run`` is Kedro's own command with one change: a failure prints one line (the user's
 error, or the exception of a bug) and the path of a log file holding the traceback, and exits
@@ -91,18 +91,33 @@ def prepare_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def push_to_hub(args: argparse.Namespace) -> int:
+    """Upload a saved policy folder (with its model card) to a Hugging Face hub repository."""
+    from taoflow.cards import push_to_hub as push
+
+    url = push(args.folder, args.repo_id, private=args.private, commit_message=args.message)
+    print(url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--project-path", default=".", help="Kedro project root (default: .)")
     common.add_argument("--env", default=None, help="Kedro environment (default: local)")
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     parser = argparse.ArgumentParser(
-        prog="taoflow", description="Serve the tuned model; prepare the base model."
+        prog="taoflow",
+        description="Serve the tuned model; prepare the base model; push a policy to a hub.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
-        "serve", parents=[common], help="serve a model behind an OpenAI-compatible API"
+        "serve",
+        parents=[common],
+        help="serve a model behind an OpenAI-compatible API",
+        description="Serve a model behind an OpenAI-compatible API: POST /v1/chat/completions "
+        "(stream: true streams token by token), GET /v1/models, POST /v1/feedback, GET /health. "
+        "Set TAOFLOW_SERVE_TOKEN to require a bearer token; knobs: conf/base/parameters_serve.yml.",
     )
     p.add_argument("--model", help="champion (default), models:/NAME@ALIAS, or a model reference")
     p.add_argument("--host", help="bind address (default from serve.host: 127.0.0.1)")
@@ -116,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model reference (default: params model.name_or_path)")
     p.add_argument("--cache-dir", help="where to materialise it (default: model.cache_dir)")
     p.set_defaults(func=prepare_base)
+
+    p = commands.add_parser(
+        "push-to-hub",
+        help="upload a saved policy folder and its model card to the Hugging Face Hub",
+        description="Upload a saved policy folder (weights, tokenizer, taoflow.json lineage and "
+        "its README.md model card) to a hub model repository, creating the repository if "
+        "needed. The token comes from HF_TOKEN (or `hf auth login`) and is never printed.",
+    )
+    p.add_argument("folder", help="a saved policy folder, e.g. data/06_models/round_1/policy")
+    p.add_argument("repo_id", help="hub repository, e.g. your-name/taoflow-smollm2-dpo")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--message", help="commit message (default: taoflow policy <folder name>)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.set_defaults(func=push_to_hub)
     return parser
 
 

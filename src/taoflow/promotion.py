@@ -30,6 +30,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from taoflow.cards import policy_card
 from taoflow.config.evaluate import EvaluateParams
 from taoflow.config.promote import PromoteParams
 from taoflow.config.shared import TaskParams
@@ -190,8 +191,11 @@ def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
-def _log_and_register(policy: Policy, name: str) -> str:
-    """Log ``policy`` with the ``transformers`` flavour as a new version of ``name``."""
+def _log_and_register(policy: Policy, name: str, results: dict[str, Any] | None = None) -> str:
+    """Log ``policy`` with the ``transformers`` flavour as a new version of ``name``.
+
+    Its model card (``model_card.md`` in the logged model) carries the gate's ``results``.
+    """
     info = mlflow.transformers.log_model(
         transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
         name="policy",
@@ -199,6 +203,7 @@ def _log_and_register(policy: Policy, name: str) -> str:
         registered_model_name=name,
         pip_requirements=_pip_requirements(),
         metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
+        model_card=policy_card(policy.lineage, results),
     )
     return str(info.registered_model_version)
 
@@ -253,8 +258,9 @@ def register_and_gate(
         {"metric": metric, "fingerprint": fingerprint, "scores": candidate_scores},
         SCORES_ARTIFACT,
     )
-    version = _log_and_register(policy, name)
     alias = CHAMPION if verdict["promoted"] else CHALLENGER
+    results = {**verdict, "metric": metric, "value": value, "decision": alias}
+    version = _log_and_register(policy, name, results)
     tags = {
         **_lineage_tags(policy.lineage),
         f"{TAG_PREFIX}gate.metric": metric,

@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 
+from taoflow.cards import policy_card
 from taoflow.datasets.policy import PolicyDataset
 from taoflow.models import Policy
 
@@ -75,6 +76,7 @@ class MlflowPolicyDataset(PolicyDataset):
             pip_requirements=_pip_requirements(),
             metadata={"taoflow_lineage": json.dumps(data.lineage, sort_keys=True, default=str)},
             tags=_flat_tags("lineage", data.lineage),
+            model_card=policy_card(data.lineage),
         )
         logger.info("Logged policy %s to MLflow as %s", self._path, info.model_uri)
 

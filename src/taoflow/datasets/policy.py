@@ -7,12 +7,16 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from taoflow.cards import write_policy_card
 from taoflow.core.files import atomic_path
 from taoflow.models import Policy, load_policy, save_policy
 
 
 class PolicyDataset(AbstractDataset[Policy, Policy]):
     """Saves a :class:`~taoflow.models.Policy` with ``save_pretrained``; loads it back in eval mode.
+
+    The folder also gets a Hugging Face model card (``README.md``, :mod:`taoflow.cards`) built
+    from the policy's lineage, so it can be pushed to a hub as it is (``taoflow push-to-hub``).
 
     The folder is written next to its final place and swapped in at the end, so a killed save
     never leaves a half-written policy that a later round would load.
@@ -35,6 +39,7 @@ class PolicyDataset(AbstractDataset[Policy, Policy]):
             )
         with atomic_path(self._path) as tmp:
             save_policy(data, tmp)
+            write_policy_card(tmp, data.lineage)
 
     def _exists(self) -> bool:
         return (self._path / "config.json").is_file()

@@ -23,7 +23,7 @@ used only when selected and fails with a clear message when vLLM or a GPU is mis
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ from transformers import (
 from taoflow.core.ids import derive_seed, stable_hash
 from taoflow.generation.chat import render_chat_ids, special_token_texts
 from taoflow.generation.sampling import SeededSampler
+from taoflow.generation.streaming import RowStreamer
 from taoflow.models import Policy
 
 BACKENDS = ("transformers", "vllm")
@@ -157,6 +158,7 @@ def generate_completions(
     seeds: Sequence[int] | None = None,
     backend: str = "transformers",
     chunk_tokens: int = 4,
+    on_token: Callable[[int, int, int], None] | None = None,
 ) -> list[list[dict]]:
     """Sample completions for chat conversations, batched for throughput.
 
@@ -174,6 +176,9 @@ def generate_completions(
     ``chunk_tokens``: decoding steps between drops of finished rows (the raw logits kept for
     ``logprob`` are ``rows × chunk_tokens × vocab`` floats at a time).
     ``progress``: show a bar (a string is used as its label).
+    ``on_token(conversation, sample, token_id)``: called from the generating thread with each
+    decoded token as it is produced (stop tokens excluded; greedy reports sample 0 only), for
+    streaming; it only observes, so the results are the same with or without it.
     """
     _check_arguments(
         backend=backend,
@@ -191,6 +196,8 @@ def generate_completions(
         raise ValueError(f"seeds has {len(seeds)} entries for {len(conversations)} conversations.")
     greedy = not do_sample or temperature == 0
     if backend == "vllm":
+        if on_token is not None:
+            raise ValueError("token streaming (on_token) needs the transformers backend.")
         from taoflow.generation.vllm import generate_vllm
 
         return generate_vllm(
@@ -223,7 +230,14 @@ def generate_completions(
     policy.model.eval()  # dropout off: a policy handed over mid-training must still reproduce
     try:
         return _run_batches(
-            policy, prompts, rows, batches=batches, counts=counts, sampling=sampling, bar=bar
+            policy,
+            prompts,
+            rows,
+            batches=batches,
+            counts=counts,
+            sampling=sampling,
+            bar=bar,
+            on_token=on_token,
         )
     finally:
         policy.model.train(was_training)
@@ -270,6 +284,7 @@ def _run_batches(
     counts: list[int],
     sampling: dict[str, Any],
     bar: Any,
+    on_token: Callable[[int, int, int], None] | None = None,
 ) -> list[list[dict]]:
     """Generate every planned batch and file each row's output under its conversation."""
     greedy = sampling["greedy"]
@@ -278,10 +293,12 @@ def _run_batches(
     bar.update(sum(1 for c in counts if c == 0))
     n_tokens_total, started = 0, time.perf_counter()
     for batch in batches:
+        row_token = on_token and (lambda k, t, b=batch: on_token(*rows[b[k]][:2], t))
         outputs = _generate_batch(
             policy,
             [prompts[rows[r][0]] for r in batch],
             [rows[r][2] for r in batch],
+            on_token=row_token,
             **sampling,
         )
         finished = 0
@@ -312,6 +329,7 @@ def _generate_batch(
     max_new_tokens: int,
     stops: list[int],
     chunk_tokens: int,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one batch of rows; returns completion, finish reason, log-prob per row.
 
@@ -324,7 +342,7 @@ def _generate_batch(
       pays for its finished rows until its longest one ends.
 
     Rows sample from their own generators (kept across chunks), so results do not depend on
-    either saving.
+    either saving. ``on_token(row, token_id)`` sees each row's tokens as they are decoded.
     """
     tokenizer, model = policy.tokenizer, policy.model
     device = model.device
@@ -371,6 +389,7 @@ def _generate_batch(
                 cache=cache,
                 generation_config=config,
                 logits_processor=LogitsProcessorList(sampler),
+                streamer=RowStreamer(active, stop_set, on_token) if on_token else None,
             )
             new = out.sequences[:, ids.shape[1] :]
             keep = _collect_chunk(

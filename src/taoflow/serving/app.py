@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API: ``/v1/chat/completions``, ``/v1/feedback``, ``/health``.
+"""The OpenAI-compatible HTTP API: ``/v1/chat/completions``, ``/v1/models``, ``/v1/feedback``,
+``/health``.
 
 Validation is pydantic's (FastAPI), reshaped into OpenAI-style error bodies with HTTP 400, so
 clients written for OpenAI show our messages; only a failure of the server itself is a 5xx.
@@ -6,8 +7,8 @@ clients written for OpenAI show our messages; only a failure of the server itsel
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from taoflow.generation import render_prompts
 from taoflow.models import Policy
 from taoflow.serving.batching import BatchQueue, GenerationRequest, QueueFullError, engine_runner
 from taoflow.serving.config import ServeConfig
+from taoflow.serving.streaming import StreamSink, sse_events
 from taoflow.serving.tracing import TraceRecorder, log_user_feedback, trace_exists
 
 logger = logging.getLogger(__name__)
@@ -284,7 +286,13 @@ def _prepare(
     return request, recorded, prompt_tokens
 
 
-def _completion_response(result: Any, prompt_tokens: int, model_version: str) -> dict[str, Any]:
+def _completion_response(
+    result: Any,
+    prompt_tokens: int,
+    model_version: str,
+    response_id: str | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
     """OpenAI's ``chat.completion`` body for one finished generation."""
     choices = [
         {
@@ -297,9 +305,9 @@ def _completion_response(result: Any, prompt_tokens: int, model_version: str) ->
     ]
     completion_tokens = sum(int(s["n_tokens"]) for s in result.samples)
     response: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": response_id or f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": created if created is not None else int(time.time()),
         "model": model_version,
         "choices": choices,
         "usage": {
@@ -339,6 +347,11 @@ async def _record(
         return None
 
 
+def _model_card(model_version: str, created: int) -> dict[str, Any]:
+    """OpenAI's ``model`` object for the one model this server answers with."""
+    return {"id": model_version, "object": "model", "created": created, "owned_by": "taoflow"}
+
+
 def create_app(
     policy: Policy,
     config: ServeConfig,
@@ -355,6 +368,8 @@ def create_app(
         window_s=config.batch_window_ms / 1000.0,
     )
     counter = {"requests": 0}
+    started = int(time.time())
+    finishing: set[asyncio.Task] = set()  # streams' trace writers, kept alive until done
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -362,7 +377,11 @@ def create_app(
         try:
             yield
         finally:
+            if finishing:  # streams in flight: let them finish and record their traces
+                await asyncio.wait(set(finishing), timeout=30)
             await queue.stop()
+            for task in set(finishing):
+                task.cancel()
             if recorder is not None:
                 recorder.flush()
 
@@ -392,24 +411,54 @@ def create_app(
             "capture": recorder is not None,
         }
 
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(model_version, started)]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorize)])
+    async def retrieve_model(model_id: str) -> dict[str, Any]:
+        if model_id != model_version:
+            raise HTTPException(
+                404, f"model {model_id!r} is not served here ({model_version!r} is)"
+            )
+        return _model_card(model_version, started)
+
+    async def finish(
+        future: asyncio.Future, recorded: dict, prompt_tokens: int, start_ns: int, seed: int, **ids
+    ) -> dict[str, Any]:
+        """The full response of a finished generation, recorded as one trace (id added)."""
+        result = await future
+        response = _completion_response(result, prompt_tokens, model_version, **ids)
+        response["trace_id"] = await _record(
+            recorder, recorded, response, start_ns=start_ns, result=result, seed=seed
+        )
+        return response
+
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest) -> Any:
         start_ns = time.time_ns()
         request, recorded, prompt_tokens = _prepare(body, policy, config, counter)
+        sink = None
+        if body.stream:
+            loop = asyncio.get_running_loop()
+            sink = StreamSink(policy.tokenizer, request.n, request.temperature == 0, loop)
+            request.on_token = sink.on_token
         try:
-            result = await queue.submit(request)
+            future = queue.enqueue(request)
         except QueueFullError as err:
             raise HTTPException(429, str(err)) from None
-        response = _completion_response(result, prompt_tokens, model_version)
-        trace_id = await _record(
-            recorder, recorded, response, start_ns=start_ns, result=result, seed=request.seed
-        )
-        response["trace_id"] = trace_id
-        headers = {"X-Trace-Id": trace_id} if trace_id else {}
-        if body.stream:
-            return StreamingResponse(
-                _sse(response), media_type="text/event-stream", headers=headers
+        ids = {"response_id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
+        if sink is not None:
+            future.add_done_callback(lambda _: sink.close())
+            task = asyncio.create_task(
+                finish(future, recorded, prompt_tokens, start_ns, request.seed, **ids)
             )
+            finishing.add(task)
+            task.add_done_callback(_forget(finishing))
+            base = {"id": ids["response_id"], "created": ids["created"], "model": model_version}
+            return StreamingResponse(sse_events(sink, task, base), media_type="text/event-stream")
+        response = await finish(future, recorded, prompt_tokens, start_ns, request.seed, **ids)
+        headers = {"X-Trace-Id": response["trace_id"]} if response["trace_id"] else {}
         return JSONResponse(response, headers=headers)
 
     @app.post("/v1/feedback", dependencies=[Depends(authorize)])
@@ -434,20 +483,12 @@ def create_app(
     return app
 
 
-async def _sse(response: dict[str, Any]) -> AsyncIterator[str]:
-    """OpenAI's streaming shape for an already finished answer (one content delta per choice).
+def _forget(tasks: set[asyncio.Task]) -> Any:
+    """A done-callback that drops a finished task and collects its error (logged where raised)."""
 
-    Generation is batched, so tokens are not streamed as they are produced; clients that insist
-    on ``stream: true`` still get a well-formed stream.
-    """
-    base = {k: response[k] for k in ("id", "created", "model")}
-    base["object"] = "chat.completion.chunk"
-    for choice in response["choices"]:
-        delta = {"role": "assistant", "content": choice["message"]["content"]}
-        chunk = {**base, "choices": [{"index": choice["index"], "delta": delta}]}
-        yield f"data: {json.dumps(chunk)}\n\n"
-        done = {"index": choice["index"], "delta": {}, "finish_reason": choice["finish_reason"]}
-        yield f"data: {json.dumps({**base, 'choices': [done]})}\n\n"
-    final = {**base, "choices": [], "usage": response["usage"], "trace_id": response["trace_id"]}
-    yield f"data: {json.dumps(final)}\n\n"
-    yield "data: [DONE]\n\n"
+    def done(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("streamed request failed: %r", task.exception())
+
+    return done

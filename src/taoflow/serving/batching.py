@@ -40,6 +40,7 @@ class GenerationRequest:
     top_p: float
     n: int
     seed: int
+    on_token: Callable[[int, int], None] | None = None  # (sample, token id), generating thread
     future: asyncio.Future | None = None
     enqueued_ns: int = field(default_factory=time.time_ns)
 
@@ -64,6 +65,12 @@ def engine_runner(policy: Policy, token_budget: int = 8192) -> Callable:
 
     def run_batch(requests: list[GenerationRequest]) -> list[list[dict[str, Any]]]:
         first = requests[0]
+        streaming = [r.on_token for r in requests]
+
+        def on_token(conversation: int, sample: int, token: int) -> None:
+            if streaming[conversation] is not None:
+                streaming[conversation](sample, token)
+
         return generate_completions(
             policy,
             [r.messages for r in requests],
@@ -76,6 +83,7 @@ def engine_runner(policy: Policy, token_budget: int = 8192) -> Callable:
             seeds=[r.seed for r in requests],
             token_budget=token_budget,
             progress=False,
+            on_token=on_token if any(streaming) else None,
         )
 
     return run_batch
@@ -123,6 +131,13 @@ class BatchQueue:
 
     async def submit(self, request: GenerationRequest) -> GenerationResult:
         """Queue ``request`` and wait for its samples; :class:`QueueFullError` when full."""
+        return await self.enqueue(request)
+
+    def enqueue(self, request: GenerationRequest) -> asyncio.Future:
+        """Queue ``request`` now (:class:`QueueFullError` when full); the future of its result.
+
+        A stream enqueues before it starts answering, so a full queue is still a plain 429.
+        """
         if self._queue is None:
             raise RuntimeError("BatchQueue.start() was not called")
         request.future = asyncio.get_running_loop().create_future()
@@ -132,7 +147,7 @@ class BatchQueue:
             raise QueueFullError(
                 f"server busy: {self.max_queue} requests already waiting; retry shortly"
             ) from None
-        return await request.future
+        return request.future
 
     async def _collect(self) -> list[GenerationRequest]:
         assert self._queue is not None
