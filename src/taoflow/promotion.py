@@ -19,7 +19,6 @@ from ``mlflow.yml``); nothing here reads environment variables.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from taoflow.config.promote import PromoteParams
 from taoflow.config.shared import TaskParams
 from taoflow.core.ids import stable_hash
 from taoflow.core.stats import paired_comparison
+from taoflow.datasets.mlflow_policy import log_policy_model
 from taoflow.health import promotion_blocked
 from taoflow.models import Policy
 
@@ -44,7 +44,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 SCORES_ARTIFACT = "gate/scores.json"
 TAG_PREFIX = "taoflow."
-_REQUIREMENTS = ("transformers", "torch", "accelerate", "tokenizers", "safetensors")
 
 
 @dataclass
@@ -171,17 +170,6 @@ def decide(
     }
 
 
-def _pip_requirements() -> list[str]:
-    """Pinned runtime requirements (MLflow's own inference imports torchvision, absent here)."""
-    reqs = []
-    for name in _REQUIREMENTS:
-        try:
-            reqs.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return reqs
-
-
 def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
     tags = {}
     for key, value in sorted(lineage.items()):
@@ -191,16 +179,34 @@ def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
 
 
 def _log_and_register(policy: Policy, name: str) -> str:
-    """Log ``policy`` with the ``transformers`` flavour as a new version of ``name``."""
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
-        name="policy",
-        task="text-generation",
-        registered_model_name=name,
-        pip_requirements=_pip_requirements(),
-        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
-    )
+    """Log ``policy`` (an MLflow chat model, ``transformers`` flavour) as a new version of ``name``."""
+    info = log_policy_model(policy, "policy", registered_model_name=name)
     return str(info.registered_model_version)
+
+
+LINEAGE_FIELDS = ("name", "base_model", "parent", "round", "algorithm", "lora", "config_hash")
+
+
+def version_description(
+    lineage: dict[str, Any], alias: str, verdict: dict[str, Any], metric: str, value: float
+) -> str:
+    """The registered version's description: what it is (lineage) and why it got its alias."""
+    lines = [f"**@{alias}**: {verdict['reason']}", "", f"- gate metric: {metric} = {value:.4g}"]
+    if verdict.get("diff") is not None:
+        lines.append(
+            f"- vs {verdict['compared_with']}: {verdict['diff']:+.4f} "
+            f"[{verdict['ci_low']:+.4f}, {verdict['ci_high']:+.4f}] over {verdict['n']} items"
+        )
+    lines += ["", "Lineage:", ""]
+    known = [k for k in LINEAGE_FIELDS if lineage.get(k) is not None]
+    lines += [f"- {key}: `{lineage[key]}`" for key in known]
+    for key, entry in sorted(lineage.items()):
+        if key.endswith("hashes") and isinstance(entry, dict):
+            lines += [f"- {key}.{k}: `{v}`" for k, v in sorted(entry.items())]
+    run = mlflow.active_run()
+    if run is not None:
+        lines += ["", f"Logged by run `{run.info.run_id}` ({run.info.run_name})."]
+    return "\n".join(lines)
 
 
 def register_and_gate(
@@ -267,6 +273,11 @@ def register_and_gate(
     }
     for key, text in tags.items():
         client.set_model_version_tag(name, version, key, text)
+    client.update_model_version(
+        name,
+        version,
+        description=version_description(policy.lineage, alias, verdict, metric, value),
+    )
     client.set_registered_model_alias(name, alias, version)
     mlflow.set_tags(
         {
