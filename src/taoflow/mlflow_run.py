@@ -225,18 +225,19 @@ class RunInputsHook:
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node) -> None:
-        self._log(dataset_name, data)
+        self._log(dataset_name, data, saved=False)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
-        self._log(dataset_name, data)
+        self._log(dataset_name, data, saved=True)
 
-    def _log(self, dataset_name: str, data: Any) -> None:
+    def _log(self, dataset_name: str, data: Any, *, saved: bool) -> None:
         if mlflow.active_run() is None or not isinstance(data, pd.DataFrame):
             return
         try:
             if dataset_name in TABLES:
-                mlflow.log_table(data, artifact_file=TABLES[dataset_name])
+                if saved:  # the run's own evaluation, not one a later node reads back
+                    mlflow.log_table(data, artifact_file=TABLES[dataset_name])
                 return
             context, tags = input_context(dataset_name, self._contexts)
             if context is None:
