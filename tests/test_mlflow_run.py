@@ -91,3 +91,26 @@ def test_run_name_from_mlflow_yml_wins(kedro_project):
         session.run(pipeline_names=["ingest"])
     (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
     assert run.info.run_name == "my-experiment"
+
+
+def test_input_sources_from_env_values_are_masked(kedro_project, monkeypatch):
+    """A usage file whose path comes from an env variable: its run input names no such value."""
+    import shutil
+    import uuid
+
+    marker = f"sk-planted-{uuid.uuid4().hex[:12]}"
+    folder = kedro_project / "data" / "01_raw" / marker
+    folder.mkdir()
+    shutil.copy(kedro_project / "data/01_raw/usage.jsonl", folder / "usage.jsonl")
+    monkeypatch.setenv("TAO_USAGE_DIR", f"data/01_raw/{marker}")
+    (kedro_project / "conf" / "smoke" / "catalog.yml").write_text(
+        "usage_files:\n  type: taoflow.datasets.usage_files.UsageFilesDataset\n"
+        "  sources:\n    usage: ${oc.env:TAO_USAGE_DIR}/usage.jsonl\n"
+    )
+    with KedroSession.create(project_path=kedro_project, env="smoke") as session:
+        session.run(pipeline_names=["ingest"])
+    (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
+    (usage,) = [i.dataset for i in run.inputs.dataset_inputs if i.dataset.name == "usage_files"]
+    assert "***" in usage.source and marker not in usage.source
+    db = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///"))
+    assert marker.encode() not in db.read_bytes()

@@ -296,7 +296,7 @@ class ReproducibilityHook:
                 tags[f"input_sha256.{name}" + (f".{key}" if key else "")] = digest[:16]
             if name in FILE_INPUTS and "" in digests:
                 paths = dataset_paths(dataset)
-                _log_file_input_safely(name, digests[""][:16], paths, project_path)
+                _log_file_input_safely(name, digests[""][:16], paths, project_path, self._secrets)
         mlflow.set_tags(mask_secrets(tags, self._secrets))
         resolved = {"parameters": params}
         if self._context is not None:
@@ -313,12 +313,12 @@ class ReproducibilityHook:
 
 
 def _log_file_input_safely(
-    name: str, digest: str, paths: dict[str, Path], project_path: Path
+    name: str, digest: str, paths: dict[str, Path], project_path: Path, secrets: tuple[str, ...]
 ) -> None:
     try:
         path = next(iter(paths.values())) if len(paths) == 1 else None
         path = project_path / path if path is not None and not path.is_absolute() else path
-        log_file_input(name, digest, FILE_INPUTS[name], path=path)
+        log_file_input(name, digest, FILE_INPUTS[name], path=path, secrets=secrets)
     except Exception:  # noqa: BLE001 - provenance must never break a run
         logger.warning("could not log %s as a run input", name, exc_info=True)
 

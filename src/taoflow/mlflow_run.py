@@ -25,6 +25,7 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from taoflow.core.ids import frame_hash
+from taoflow.core.secrets import env_secrets, mask_secrets, referenced_env_vars
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +147,16 @@ def input_context(dataset_name: str, contexts: dict[str, str]) -> tuple[str | No
     return None, {}
 
 
-def _source(path: str | Path | None):
+def _source(path: str | Path | None, secrets: tuple[str, ...] = ()):
+    """The dataset source MLflow shows for ``path``; values from the environment masked."""
     if path is None:
         return None
     from mlflow.data.dataset_source_registry import resolve_dataset_source
 
+    text = str(path) if "://" in str(path) else str(Path(path).resolve())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local file
-        return resolve_dataset_source(str(Path(path).resolve()))
+        return resolve_dataset_source(mask_secrets(text, secrets))
 
 
 def log_frame_input(
@@ -164,21 +167,29 @@ def log_frame_input(
     path: str | Path | None = None,
     tags: dict[str, str] | None = None,
     digest: str | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> str:
     """Log ``frame`` as an input of the active run, its digest the project's content hash."""
     digest = digest or frame_hash(frame)
+    source = _source(path, secrets)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's integer-column schema hint
-        dataset = mlflow.data.from_pandas(frame, source=_source(path), name=name, digest=digest)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
         mlflow.log_input(dataset, context=context, tags=tags)
     return digest
 
 
-def log_file_input(name: str, digest: str, context: str, path: str | Path | None = None) -> None:
+def log_file_input(
+    name: str,
+    digest: str,
+    context: str,
+    path: str | Path | None = None,
+    secrets: tuple[str, ...] = (),
+) -> None:
     """Log a non-tabular input (raw files) by its content digest alone."""
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = _source(path)
+    source = _source(path, secrets)
     if source is None:
         from mlflow.data.code_dataset_source import CodeDatasetSource
 
@@ -211,6 +222,15 @@ class RunInputsHook:
         self._catalog: Any = None
         self._contexts: dict[str, str] = {}
         self._logged: set[tuple[str, str]] = set()
+        self._secrets: tuple[str, ...] = ()
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        try:
+            conf_source = context.config_loader.conf_source
+        except AttributeError:
+            return
+        self._secrets = env_secrets(referenced_env_vars(conf_source))
 
     @hook_impl(trylast=True)  # after kedro-mlflow has started the run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -246,7 +266,15 @@ class RunInputsHook:
             if (dataset_name, digest) in self._logged:
                 return
             path = _dataset_filepath(self._catalog, dataset_name)
-            log_frame_input(data, dataset_name, context, path=path, tags=tags, digest=digest)
+            log_frame_input(
+                data,
+                dataset_name,
+                context,
+                path=path,
+                tags=tags,
+                digest=digest,
+                secrets=self._secrets,
+            )
             self._logged.add((dataset_name, digest))
         except Exception:  # noqa: BLE001 - tracking must never break a run
             logger.warning("could not log %s to MLflow", dataset_name, exc_info=True)
