@@ -209,6 +209,32 @@ def version_description(
     return "\n".join(lines)
 
 
+def _describe_version(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    *,
+    lineage: dict[str, Any],
+    alias: str,
+    verdict: dict[str, Any],
+    gate_tags: dict[str, str],
+) -> None:
+    """Tag the version with its lineage and the decision; describe both in its description."""
+    tags = {
+        **_lineage_tags(lineage),
+        **gate_tags,
+        f"{TAG_PREFIX}gate.decision": alias,
+        f"{TAG_PREFIX}gate.compared_with": verdict["compared_with"],
+        f"{TAG_PREFIX}gate.reason": verdict["reason"][:5000],
+    }
+    for key, text in tags.items():
+        client.set_model_version_tag(name, version, key, text)
+    metric = gate_tags[f"{TAG_PREFIX}gate.metric"]
+    value = float(gate_tags[f"{TAG_PREFIX}gate.value"])
+    description = version_description(lineage, alias, verdict, metric, value)
+    client.update_model_version(name, version, description=description)
+
+
 def register_and_gate(
     policy: Policy,
     *,
@@ -262,21 +288,13 @@ def register_and_gate(
     version = _log_and_register(policy, name)
     alias = CHAMPION if verdict["promoted"] else CHALLENGER
     tags = {
-        **_lineage_tags(policy.lineage),
         f"{TAG_PREFIX}gate.metric": metric,
         f"{TAG_PREFIX}gate.value": f"{value:.6g}",
         f"{TAG_PREFIX}gate.fingerprint": fingerprint,
-        f"{TAG_PREFIX}gate.decision": alias,
-        f"{TAG_PREFIX}gate.compared_with": verdict["compared_with"],
-        f"{TAG_PREFIX}gate.reason": verdict["reason"][:5000],
         **(extra_tags or {}),
     }
-    for key, text in tags.items():
-        client.set_model_version_tag(name, version, key, text)
-    client.update_model_version(
-        name,
-        version,
-        description=version_description(policy.lineage, alias, verdict, metric, value),
+    _describe_version(
+        client, name, version, lineage=policy.lineage, alias=alias, verdict=verdict, gate_tags=tags
     )
     client.set_registered_model_alias(name, alias, version)
     mlflow.set_tags(
