@@ -9,6 +9,8 @@ import mlflow
 import pandas as pd
 from kedro.framework.session import KedroSession
 
+from taoflow.core.ids import frame_hash
+
 
 def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monkeypatch):
     with KedroSession.create(project_path=kedro_project, env="smoke") as session:
@@ -43,6 +45,27 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monke
     assert len(runs) == 1, "one kedro run, one MLflow run"
     run = runs[0]
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tao-rft-2rounds"  # what ran, from the smoke config
+    assert "2 TAO round(s) of `rft`" in run.data.tags["mlflow.note.content"]
+    inputs = {
+        i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags})
+        for i in run.inputs.dataset_inputs
+    }
+    assert {
+        "usage_files",
+        "prompts",
+        "benchmark",
+        "round_1.candidates",
+        "round_2.candidates",
+    } <= set(inputs)
+    assert inputs["prompts"][0] == frame_hash(prompts)
+    assert inputs["round_2.candidates"][0] == frame_hash(
+        pd.read_parquet(data / "03_primary/round_2/candidates.parquet")
+    )
+    assert inputs["benchmark"][1]["mlflow.data.context"] == "evaluation"
+    assert inputs["round_1.candidates"][1]["round"] == "round_1"
+    tables = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="evaluation")
+    assert {"evaluation/per_prompt.json", "evaluation/results.json"} <= {a.path for a in tables}
     assert run.data.params["generate.num_candidates"] == "4"  # the smoke override, resolved
     config_file = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="config/resolved_config.yml"

@@ -73,6 +73,23 @@ def test_gate_promotes_then_keeps_challenger(tiny_policy, mlflow_uri, tmp_path):
     out = generator("What is 3 + 4?", max_new_tokens=3, do_sample=False)
     assert isinstance(out[0]["generated_text"], str)
 
+    # A chat model: messages in (with max_tokens / temperature), an input example to try.
+    info = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")
+    assert {"messages", "max_tokens", "temperature"} <= set(info.signature.inputs.input_names())
+    assert info.saved_input_example_info is not None
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    chat = [{"role": "user", "content": "What is 3 + 4?"}]
+    reply = model.predict({"messages": chat, "max_tokens": 3})
+    assert reply[0]["choices"][0]["message"]["role"] == "assistant"
+
+    # The versions say what they are and why they hold their alias.
+    first_version = client.get_model_version(name, promoted.version)
+    assert first_version.description.startswith("**@champion**: bench/accuracy vs base")
+    assert "- algorithm: `rft`" in first_version.description
+    assert first.info.run_id in first_version.description
+    second_version = client.get_model_version(name, kept.version)
+    assert second_version.description.startswith("**@challenger**")
+
 
 def test_gate_without_active_run_is_a_clear_error(tiny_policy, mlflow_uri):
     with pytest.raises(RuntimeError, match="active MLflow run"):

@@ -425,6 +425,10 @@ def test_train_pipeline_runs_in_kedro_session(kedro_project, tiny_model_dir):
         experiment_ids=[run.info.experiment_id], output_format="list"
     )
     assert [m.name for m in logged] == ["round_1-policy"]
+    info = mlflow.models.get_model_info(logged[0].model_uri)
+    assert "messages" in info.signature.inputs.input_names()  # a chat model, with an example
+    assert info.saved_input_example_info["type"] == "json_object"
+    assert run.info.run_name == "train"
     assert np.isfinite(metrics["train.train_loss"])
 
 

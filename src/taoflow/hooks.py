@@ -30,6 +30,13 @@ from taoflow.core import locks
 from taoflow.core.files import atomic_path
 from taoflow.core.ids import seed_everything
 from taoflow.core.secrets import env_secrets, mask_secrets, referenced_env_vars
+from taoflow.mlflow_run import (
+    DESCRIPTION_TAG,
+    FILE_INPUTS,
+    log_file_input,
+    run_description,
+    run_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +108,52 @@ def _dataset_path(dataset: Any) -> Path | None:
     return None
 
 
+def dataset_paths(dataset: Any) -> dict[str, Path]:
+    """The files a dataset reads: ``{"": path}``, or one per source of a multi-source dataset
+    (``UsageFilesDataset``: ``{source_name: path}``)."""
+    sources = getattr(dataset, "_sources", None)
+    if isinstance(sources, dict):
+        return {
+            str(name): Path(str(spec["filepath"]))
+            for name, spec in sources.items()
+            if isinstance(spec, dict) and spec.get("filepath")
+        }
+    path = _dataset_path(dataset)
+    return {"": path} if path is not None else {}
+
+
+def input_digests(dataset: Any, project_path: Path) -> dict[str, str]:
+    """sha256 of each file a dataset reads (key as :func:`dataset_paths`); several sources also
+    get ``""``: the hash of their names and digests, the dataset's one content hash."""
+    digests = {}
+    for key, path in dataset_paths(dataset).items():
+        digest = file_digest(path if path.is_absolute() else project_path / path)
+        if digest:
+            digests[key] = digest
+    if digests and "" not in digests:
+        combined = hashlib.sha256()
+        for key in sorted(digests):
+            combined.update(f"{key}={digests[key]};".encode())
+        digests[""] = combined.hexdigest()
+    return digests
+
+
+def pipeline_names(run_params: dict[str, Any]) -> list[str]:
+    """The pipelines a run was asked for (as kedro-mlflow reads them; none: ``__default__``)."""
+    names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _graph_parameters() -> dict[str, Any]:
+    from taoflow.config.graph import graph_parameters
+
+    try:
+        return graph_parameters()
+    except Exception:  # noqa: BLE001 - a name falls back to the pipeline's; validation reports
+        logger.debug("validated parameters not available for the run name", exc_info=True)
+        return {}
+
+
 def plain_parameters(value: Any) -> Any:
     """Typed parameter models → plain dicts, recursively (what MLflow params and YAML expect)."""
     if isinstance(value, BaseModel):
@@ -141,6 +194,28 @@ class TrackingHook(MlflowHook):
             super().after_context_created(context)
         finally:
             locks.release(lock)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        """kedro-mlflow's run start, named after what runs (``tao-dpo-2rounds``) unless mlflow.yml
+        sets ``tracking.run.name`` (or ``id``), and described from the configuration."""
+        names = pipeline_names(run_params)
+        params = _graph_parameters()
+        run_options = self.mlflow_config.tracking.run
+        generated = run_options.name is None and run_options.id is None
+        if generated:
+            run_options.name = run_name(names, params)
+        try:
+            super().before_pipeline_run(run_params, pipeline, catalog)
+        finally:
+            if generated:
+                run_options.name = None
+        run = mlflow.active_run() if self._is_mlflow_enabled else None
+        if run is not None and DESCRIPTION_TAG not in run.data.tags:
+            description = run_description(names, run_params.get("env"), params)
+            mlflow.set_tag(
+                DESCRIPTION_TAG, mask_secrets(description, getattr(self, "_secrets", ()))
+            )
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
@@ -216,14 +291,12 @@ class ReproducibilityHook:
                 dataset = catalog.get(name)
             except Exception:  # noqa: BLE001 - provenance must never break a run
                 continue
-            path = _dataset_path(dataset) if dataset is not None else None
-            digest = (
-                file_digest(project_path / path if path and not path.is_absolute() else path)
-                if path
-                else None
-            )
-            if digest:
-                tags[f"input_sha256.{name}"] = digest[:16]
+            digests = input_digests(dataset, project_path) if dataset is not None else {}
+            for key, digest in digests.items():
+                tags[f"input_sha256.{name}" + (f".{key}" if key else "")] = digest[:16]
+            if name in FILE_INPUTS and "" in digests:
+                paths = dataset_paths(dataset)
+                _log_file_input_safely(name, digests[""][:16], paths, project_path, self._secrets)
         mlflow.set_tags(mask_secrets(tags, self._secrets))
         resolved = {"parameters": params}
         if self._context is not None:
@@ -237,6 +310,17 @@ class ReproducibilityHook:
             resolved = mask_secrets(resolved, self._secrets)
             out.write_text(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False))
             mlflow.log_artifact(str(out), artifact_path="config")
+
+
+def _log_file_input_safely(
+    name: str, digest: str, paths: dict[str, Path], project_path: Path, secrets: tuple[str, ...]
+) -> None:
+    try:
+        path = next(iter(paths.values())) if len(paths) == 1 else None
+        path = project_path / path if path is not None and not path.is_absolute() else path
+        log_file_input(name, digest, FILE_INPUTS[name], path=path, secrets=secrets)
+    except Exception:  # noqa: BLE001 - provenance must never break a run
+        logger.warning("could not log %s as a run input", name, exc_info=True)
 
 
 def _rss_bytes() -> int:

@@ -19,7 +19,6 @@ from ``mlflow.yml``); nothing here reads environment variables.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from taoflow.config.promote import PromoteParams
 from taoflow.config.shared import TaskParams
 from taoflow.core.ids import stable_hash
 from taoflow.core.stats import paired_comparison
+from taoflow.datasets.mlflow_policy import log_policy_model
 from taoflow.health import promotion_blocked
 from taoflow.models import Policy
 
@@ -45,7 +45,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 SCORES_ARTIFACT = "gate/scores.json"
 TAG_PREFIX = "taoflow."
-_REQUIREMENTS = ("transformers", "torch", "accelerate", "tokenizers", "safetensors")
 
 
 @dataclass
@@ -172,17 +171,6 @@ def decide(
     }
 
 
-def _pip_requirements() -> list[str]:
-    """Pinned runtime requirements (MLflow's own inference imports torchvision, absent here)."""
-    reqs = []
-    for name in _REQUIREMENTS:
-        try:
-            reqs.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return reqs
-
-
 def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
     tags = {}
     for key, value in sorted(lineage.items()):
@@ -192,20 +180,68 @@ def _lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
 
 
 def _log_and_register(policy: Policy, name: str, results: dict[str, Any] | None = None) -> str:
-    """Log ``policy`` with the ``transformers`` flavour as a new version of ``name``.
+    """Log ``policy`` (an MLflow chat model, ``transformers`` flavour) as a new version of ``name``.
 
     Its model card (``model_card.md`` in the logged model) carries the gate's ``results``.
     """
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
-        name="policy",
-        task="text-generation",
+    info = log_policy_model(
+        policy,
+        "policy",
         registered_model_name=name,
-        pip_requirements=_pip_requirements(),
-        metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
         model_card=policy_card(policy.lineage, results),
     )
     return str(info.registered_model_version)
+
+
+LINEAGE_FIELDS = ("name", "base_model", "parent", "round", "algorithm", "lora", "config_hash")
+
+
+def version_description(
+    lineage: dict[str, Any], alias: str, verdict: dict[str, Any], metric: str, value: float
+) -> str:
+    """The registered version's description: what it is (lineage) and why it got its alias."""
+    lines = [f"**@{alias}**: {verdict['reason']}", "", f"- gate metric: {metric} = {value:.4g}"]
+    if verdict.get("diff") is not None:
+        lines.append(
+            f"- vs {verdict['compared_with']}: {verdict['diff']:+.4f} "
+            f"[{verdict['ci_low']:+.4f}, {verdict['ci_high']:+.4f}] over {verdict['n']} items"
+        )
+    lines += ["", "Lineage:", ""]
+    known = [k for k in LINEAGE_FIELDS if lineage.get(k) is not None]
+    lines += [f"- {key}: `{lineage[key]}`" for key in known]
+    for key, entry in sorted(lineage.items()):
+        if key.endswith("hashes") and isinstance(entry, dict):
+            lines += [f"- {key}.{k}: `{v}`" for k, v in sorted(entry.items())]
+    run = mlflow.active_run()
+    if run is not None:
+        lines += ["", f"Logged by run `{run.info.run_id}` ({run.info.run_name})."]
+    return "\n".join(lines)
+
+
+def _describe_version(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    *,
+    lineage: dict[str, Any],
+    alias: str,
+    verdict: dict[str, Any],
+    gate_tags: dict[str, str],
+) -> None:
+    """Tag the version with its lineage and the decision; describe both in its description."""
+    tags = {
+        **_lineage_tags(lineage),
+        **gate_tags,
+        f"{TAG_PREFIX}gate.decision": alias,
+        f"{TAG_PREFIX}gate.compared_with": verdict["compared_with"],
+        f"{TAG_PREFIX}gate.reason": verdict["reason"][:5000],
+    }
+    for key, text in tags.items():
+        client.set_model_version_tag(name, version, key, text)
+    metric = gate_tags[f"{TAG_PREFIX}gate.metric"]
+    value = float(gate_tags[f"{TAG_PREFIX}gate.value"])
+    description = version_description(lineage, alias, verdict, metric, value)
+    client.update_model_version(name, version, description=description)
 
 
 def register_and_gate(
@@ -262,17 +298,14 @@ def register_and_gate(
     results = {**verdict, "metric": metric, "value": value, "decision": alias}
     version = _log_and_register(policy, name, results)
     tags = {
-        **_lineage_tags(policy.lineage),
         f"{TAG_PREFIX}gate.metric": metric,
         f"{TAG_PREFIX}gate.value": f"{value:.6g}",
         f"{TAG_PREFIX}gate.fingerprint": fingerprint,
-        f"{TAG_PREFIX}gate.decision": alias,
-        f"{TAG_PREFIX}gate.compared_with": verdict["compared_with"],
-        f"{TAG_PREFIX}gate.reason": verdict["reason"][:5000],
         **(extra_tags or {}),
     }
-    for key, text in tags.items():
-        client.set_model_version_tag(name, version, key, text)
+    _describe_version(
+        client, name, version, lineage=policy.lineage, alias=alias, verdict=verdict, gate_tags=tags
+    )
     client.set_registered_model_alias(name, alias, version)
     mlflow.set_tags(
         {

@@ -8,10 +8,12 @@ from omegaconf.resolvers import oc
 
 from taoflow.context import TaoflowContext
 from taoflow.hooks import ReproducibilityHook, RunLockHook, StageTimingHook, TrackingHook
+from taoflow.mlflow_run import RunInputsHook
 
 # kedro-mlflow's hook runs as TrackingHook (same hook, typed parameters logged as plain values).
-# RunLockHook: one run at a time per project directory.
-HOOKS = (TrackingHook(), ReproducibilityHook(), StageTimingHook(), RunLockHook())
+# RunLockHook: one run at a time per project directory. RunInputsHook: prompts, benchmarks and
+# candidates as MLflow run inputs, evaluation tables as MLflow tables.
+HOOKS = (TrackingHook(), ReproducibilityHook(), RunInputsHook(), StageTimingHook(), RunLockHook())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 # Validates every parameter block and builds the graph from this env (taoflow.config.graph).

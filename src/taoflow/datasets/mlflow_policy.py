@@ -5,6 +5,11 @@ and any stage that writes a policy gets it logged the same way. The policy becom
 model (``transformers`` flavour, like the registry gate's, so ``mlflow.transformers.load_model``
 and ``mlflow.pyfunc.load_model`` both give back a generator) in the run kedro-mlflow opened,
 with its lineage as run tags, model tags and model metadata.
+
+Policies are logged as MLflow chat models (``task="llm/v1/chat"``): their signature is MLflow's
+chat schema (``messages`` plus ``max_tokens``, ``temperature``, ...), with an input example, so
+``mlflow.pyfunc.load_model(uri).predict({"messages": [...]})`` answers like an OpenAI chat
+endpoint, while ``mlflow.transformers.load_model`` still gives back the generation pipeline.
 """
 
 import importlib.metadata
@@ -19,6 +24,16 @@ from taoflow.datasets.policy import PolicyDataset
 from taoflow.models import Policy
 
 logger = logging.getLogger(__name__)
+
+# What MLflow shows as the model's input example (and its serving example).
+CHAT_INPUT_EXAMPLE: dict[str, Any] = {
+    "messages": [
+        {"role": "system", "content": "Answer with the final number only."},
+        {"role": "user", "content": "What is 17 + 25?"},
+    ],
+    "max_tokens": 16,
+    "temperature": 0.7,
+}
 
 
 def _pip_requirements() -> list[str]:
@@ -40,6 +55,28 @@ def _flat_tags(prefix: str, lineage: dict[str, Any]) -> dict[str, str]:
         elif value is not None:
             tags[f"{prefix}.{key}"] = str(value)[:5000]
     return tags
+
+
+def log_policy_model(policy: Policy, name: str, **kwargs: Any) -> Any:
+    """Log ``policy`` as an MLflow chat model named ``name`` in the active run (``ModelInfo``).
+
+    ``kwargs`` go to ``mlflow.transformers.log_model`` (``registered_model_name``, ``tags``).
+    MLflow checks the input example by answering it with the logged model (sampling): the RNG
+    state is restored afterwards, so logging never changes what the rest of the run draws.
+    """
+    import torch
+
+    # In-memory components: transformers 5 checkpoints cannot be logged by path.
+    with torch.random.fork_rng():
+        return mlflow.transformers.log_model(
+            transformers_model={"model": policy.model, "tokenizer": policy.tokenizer},
+            name=name,
+            task="llm/v1/chat",
+            input_example=CHAT_INPUT_EXAMPLE,
+            pip_requirements=_pip_requirements(),
+            metadata={"taoflow_lineage": json.dumps(policy.lineage, sort_keys=True, default=str)},
+            **kwargs,
+        )
 
 
 class MlflowPolicyDataset(PolicyDataset):
@@ -68,13 +105,9 @@ class MlflowPolicyDataset(PolicyDataset):
             return
         tags = _flat_tags(f"policy.{self._artifact_path}", data.lineage)
         mlflow.set_tags(tags)
-        # In-memory components: transformers 5 checkpoints cannot be logged by path.
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": data.model, "tokenizer": data.tokenizer},
-            name=self._artifact_path,
-            task="text-generation",
-            pip_requirements=_pip_requirements(),
-            metadata={"taoflow_lineage": json.dumps(data.lineage, sort_keys=True, default=str)},
+        info = log_policy_model(
+            data,
+            self._artifact_path,
             tags=_flat_tags("lineage", data.lineage),
             model_card=policy_card(data.lineage),
         )
