@@ -302,11 +302,14 @@ PROBE = {"n_prompts": 4, "n_samples": 2, "max_new_tokens": 4, "split": None}
 
 
 def _health_run(project, tiny_policy, prompts, policy=None):
+    import dataclasses
+
     from kedro.framework.session import KedroSession
 
     from taoflow.datasets import PolicyDataset
 
-    PolicyDataset(str(project / "data/06_models/round_2/policy")).save(tiny_policy)
+    round_2 = dataclasses.replace(tiny_policy, lineage={**tiny_policy.lineage, "round": 2})
+    PolicyDataset(str(project / "data/06_models/round_2/policy")).save(round_2)
     (project / "data/03_primary").mkdir(parents=True, exist_ok=True)
     prompts.to_parquet(project / "data/03_primary/prompts.parquet")
     runtime = {
