@@ -224,7 +224,7 @@ def test_audit_pipeline_writes_scorer_audit_signal_quality_and_report(kedro_proj
     while mlflow.active_run():
         mlflow.end_run()
 
-    reporting = kedro_project / "data/08_reporting/round_1"
+    reporting = kedro_project / "data/08_reporting/stages/audit/round_1"
     assert list(pd.read_parquet(reporting / "reward_audit.parquet").columns) == AUDIT_COLUMNS
     audit = pd.read_parquet(reporting / "scorer_audit.parquet")
     overall = audit[audit["bucket"] == "all"].set_index("scorer")["precision"]

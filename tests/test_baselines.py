@@ -344,12 +344,21 @@ def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_p
         "best_of_n": {"enabled": True, "from": "base"},
     }
     runtime = {"evaluate": overrides, "tao": {"sft_oracle": False}}
+    # a composed run's report: a stage run alone must leave it alone
+    composed = kedro_project / "data/08_reporting/eval_report.md"
+    composed.parent.mkdir(parents=True)
+    composed.write_text("the composed run's report\n")
     with KedroSession.create(project_path=kedro_project, runtime_params=runtime) as session:
         session.run(pipeline_names=["evaluate"])
     while mlflow.active_run():
         mlflow.end_run()
 
-    reporting = kedro_project / "data/08_reporting"
+    assert composed.read_text() == "the composed run's report\n"
+    assert sorted(p.name for p in composed.parent.iterdir()) == ["eval_report.md", "stages"]
+    assert mlflow.MlflowClient().search_registered_models() == []  # only promote registers
+    # its own results under its own folders (taoflow.config.stages)
+    reporting = kedro_project / "data/08_reporting/stages/evaluate"
+    assert (reporting / "stage_timings.md").exists()
     results = pd.read_parquet(reporting / "eval_results.parquet")
     assert list(dict.fromkeys(results["model"])) == ["base", "best_of_n", "round_1"]
     mine = results[results["model"] == "best_of_n"]
@@ -363,7 +372,7 @@ def test_evaluate_pipeline_with_best_of_n_in_kedro_session(kedro_project, tiny_p
     report = (reporting / "eval_report.md").read_text()
     assert "| best_of_n | " in report and "best_of_n vs base" in report
     # no generation of its own (no folder of outputs): the choice is among base's samples
-    outputs = kedro_project / "data/07_model_output/evaluate"
+    outputs = kedro_project / "data/07_model_output/stages/evaluate/evaluate"
     assert sorted(p.name for p in outputs.iterdir()) == [
         "base",
         "best_of_n.parquet",

@@ -126,7 +126,8 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
     while mlflow.active_run():
         mlflow.end_run()
 
-    reporting = kedro_project / "data/08_reporting"
+    # stages run alone: their results under their own folder (taoflow.config.stages)
+    reporting = kedro_project / "data/08_reporting/stages/evaluate+promote"
     results = pd.read_parquet(reporting / "eval_results.parquet")
     assert list(results.columns) == [
         "model",
@@ -160,7 +161,11 @@ def test_evaluate_pipeline_runs_in_kedro_session(kedro_project, tiny_policy):
     gate = json.loads((reporting / "promotion_decision.json").read_text())
     assert gate["alias"] in ("champion", "challenger") and gate["reason"]
     # per-model outputs are kept, sharded per model
-    shards = sorted((kedro_project / "data/07_model_output/evaluate/round_1").glob("*.parquet"))
+    shards = sorted(
+        (kedro_project / "data/07_model_output/stages/evaluate+promote/evaluate/round_1").glob(
+            "*.parquet"
+        )
+    )
     assert len(shards) == 5  # 2 greedy + 2 sampled chunks of chain_sum, 1 holdout chunk
 
     run = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")[0]

@@ -298,38 +298,61 @@ def test_report_section_and_figure(prompts, base):
 # -- the pipeline through Kedro and MLflow -----------------------------------------------------
 
 
-def test_health_pipeline_runs_in_a_kedro_session(kedro_project, prompts, base):
-    """The registered `health` pipeline (round_1 instance + report) on hand-made parquet."""
-    import mlflow
+PROBE = {"n_prompts": 4, "n_samples": 2, "max_new_tokens": 4, "split": None}
+
+
+def _health_run(project, tiny_policy, prompts, policy=None):
+    import dataclasses
+
     from kedro.framework.session import KedroSession
 
-    raw = kedro_project / "data" / "health_test"
-    raw.mkdir(parents=True)
-    prompts.to_parquet(raw / "prompts.parquet")
-    base.to_parquet(raw / "scored.parquet")
-    # conf/local overrides whatever the ingest/score stages declare for these two datasets.
-    (kedro_project / "conf" / "local" / "catalog.yml").write_text(
-        "prompts:\n  type: pandas.ParquetDataset\n  filepath: data/health_test/prompts.parquet\n"
-        "round_1.scored:\n  type: pandas.ParquetDataset\n"
-        "  filepath: data/health_test/scored.parquet\n"
-    )
-    with KedroSession.create(project_path=kedro_project) as session:
+    from taoflow.datasets import PolicyDataset
+
+    round_2 = dataclasses.replace(tiny_policy, lineage={**tiny_policy.lineage, "round": 2})
+    PolicyDataset(str(project / "data/06_models/round_2/policy")).save(round_2)
+    (project / "data/03_primary").mkdir(parents=True, exist_ok=True)
+    prompts.to_parquet(project / "data/03_primary/prompts.parquet")
+    runtime = {
+        "model": {"name_or_path": "tiny-random"},
+        "health": {"probe": PROBE, "policy": policy or "round_2.policy"},
+    }
+    with KedroSession.create(project_path=project, runtime_params=runtime) as session:
         session.run(pipeline_names=["health"])
 
-    health = json.loads((kedro_project / "data/08_reporting/round_1/health.json").read_text())
-    assert health["round"] == 1 and health["policy_round"] == 0 and not health["collapsed"]
-    assert health["signals"]["agreement_mean"] == pytest.approx(3 / 8)
-    assert health["signals"]["n_shared_prompts"] == N_PROMPTS
+
+def test_health_alone_judges_a_given_policy_in_a_kedro_session(kedro_project, tiny_policy, prompts):
+    """`--pipeline health` probes `health.policy` and the base alike and judges one against the
+    other, under its own folders, never the composed run's."""
+    import mlflow
+
+    _health_run(kedro_project, tiny_policy, prompts)
+
+    own = kedro_project / "data/08_reporting/stages/health"
+    health = json.loads((own / "round_2/health.json").read_text())
+    assert health["policy_round"] == 2 and health["signals"]["n_prompts"] == 4
     assert health["thresholds"]["agreement_rise"] == 0.25  # from parameters_health.yml
-    assert (kedro_project / "data/08_reporting/health.md").read_text().startswith("## Health")
-    assert (kedro_project / "data/08_reporting/health.png").stat().st_size > 0
+    assert (own / "health.md").read_text().startswith("## Health")
+    assert (own / "health.png").stat().st_size > 0
+    probes = kedro_project / "data/07_model_output/stages/health"
+    assert (probes / "round_2/health_probe.parquet").exists()
+    assert (probes / "health_base_probe.parquet").exists()
+    reporting = kedro_project / "data/08_reporting"
+    assert sorted(p.name for p in reporting.iterdir()) == [
+        "stages"
+    ]  # nothing of the composed run's
 
     (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "health.agreement_mean")
-    assert [(m.value, m.step) for m in history] == [(pytest.approx(3 / 8), 1)]
-    assert run.data.metrics["health.collapsed"] == 0.0
-    artifacts = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="health")
-    assert [a.path for a in artifacts] == ["health/health.png"]
+    assert "health.agreement_mean" in run.data.metrics
+    assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def test_health_alone_without_the_policy_stops_naming_it(kedro_project, tiny_policy, prompts):
+    from taoflow.errors import failure_report
+
+    with pytest.raises(Exception) as err:  # noqa: PT011 - what matters is the line below
+        _health_run(kedro_project, tiny_policy, prompts, policy="round_3.policy")
+    line, code = failure_report(err.value, kedro_project / "logs")
+    assert code == 2 and "round_3" in line and "\n" not in line, line
 
 
 def test_probe_samples_a_policy_reproducibly(tiny_policy, prompts):

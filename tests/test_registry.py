@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -49,10 +51,13 @@ def test_gate_promotes_then_keeps_challenger(tiny_policy, mlflow_uri, tmp_path):
     assert meta["taoflow"]["algorithm"] == "rft"
     assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
 
-    # Same scores as the champion: not better, so it stays a challenger and says why.
+    # Other weights, same scores as the champion: not better, so a challenger that says why.
+    other = copy.deepcopy(tiny_policy)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
     with mlflow.start_run() as second:
         kept = register_and_gate(
-            tiny_policy,
+            other,
             name=name,
             candidate_scores=good,
             baseline_scores=base,
@@ -67,6 +72,27 @@ def test_gate_promotes_then_keeps_challenger(tiny_policy, mlflow_uri, tmp_path):
     tags = mlflow.get_run(second.info.run_id).data.tags
     assert tags["taoflow.gate.decision"] == CHALLENGER
     assert "kept as challenger" in tags["taoflow.gate.reason"]
+
+    # The same weights again (e.g. `kedro run --pipeline promote` twice): no new version, no alias
+    # moves, and the decision says which version holds them.
+    with mlflow.start_run() as third:
+        again = register_and_gate(
+            tiny_policy,
+            name=name,
+            candidate_scores=good,
+            baseline_scores=base,
+            fingerprint="fp1",
+            metric="bench/accuracy",
+            n_resamples=200,
+        )
+    assert again.version == promoted.version and again.alias is None and not again.promoted
+    assert f"already registered as {name} v{promoted.version}" in again.reason
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == promoted.version
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == kept.version
+    assert mlflow.get_run(third.info.run_id).data.tags["taoflow.gate.decision"] == (
+        "already_registered"
+    )
 
     # The champion loads back from the registry as something that generates.
     generator = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}")

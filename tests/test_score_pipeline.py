@@ -98,7 +98,9 @@ def test_score_pipeline_runs_in_a_kedro_session(kedro_project, mlflow_uri):
     assert scored.groupby("prompt_id")["advantage"].sum().abs().max() < 1e-9
     rejects = pd.read_parquet(kedro_project / "data/05_model_input/round_1/score_rejects.parquet")
     assert rejects["candidate_id"].tolist() == ["ghost-0"]
-    assert (kedro_project / "data/08_reporting/round_1/reward_by_strategy.png").stat().st_size > 0
+    assert (
+        kedro_project / "data/08_reporting/stages/score/round_1/reward_by_strategy.png"
+    ).stat().st_size > 0
 
     client = mlflow.tracking.MlflowClient(mlflow_uri)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -238,7 +238,7 @@ def test_evaluate_with_the_judge_and_variants_in_kedro_session(kedro_project, ti
     while mlflow.active_run():
         mlflow.end_run()
 
-    reporting = kedro_project / "data/08_reporting"
+    reporting = kedro_project / "data/08_reporting/stages/evaluate"  # a stage run alone
     results = pd.read_parquet(reporting / "eval_results.parquet")
     assert list(dict.fromkeys(results["model"])) == [
         "base",
@@ -252,9 +252,11 @@ def test_evaluate_with_the_judge_and_variants_in_kedro_session(kedro_project, ti
     assert judge[["benchmark", "metric"]].values.tolist() == [["chain_sum", "accuracy"]]
     # loaded by prepare_extra (its own folder), greedy shards only
     assert (kedro_project / "data/06_models/extra/judge/taoflow.json").exists()
-    judge_shards = sorted((kedro_project / "data/07_model_output/evaluate/judge").glob("*.parquet"))
+    judge_shards = sorted(
+        (kedro_project / "data/07_model_output/stages/evaluate/evaluate/judge").glob("*.parquet")
+    )
     assert judge_shards and all("-greedy-" in p.name for p in judge_shards)
-    selected = kedro_project / "data/07_model_output/evaluate/selected"
+    selected = kedro_project / "data/07_model_output/stages/evaluate/evaluate/selected"
     assert sorted(p.name for p in selected.iterdir()) == [
         "best_of_n_judge.parquet",
         "best_of_n_vote.parquet",

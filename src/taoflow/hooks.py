@@ -26,6 +26,7 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks import MlflowHook
 from pydantic import BaseModel
 
+from taoflow.config.stages import stage_name, stage_path
 from taoflow.core import locks
 from taoflow.core.files import atomic_path
 from taoflow.core.ids import seed_everything
@@ -442,7 +443,9 @@ class StageTimingHook:
         table = "\n".join(lines) + "\n"
         logger.info("Wall time and peak memory per stage:\n%s", table)
         project_path = Path(run_params.get("project_path") or Path.cwd())
-        out = project_path / "data" / "08_reporting" / "stage_timings.md"
+        # a stage run alone keeps its timings beside its other results (taoflow.config.stages)
+        stage = stage_name(run_params.get("pipeline_names"))
+        out = project_path / stage_path("data/08_reporting/stage_timings.md", stage)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp:
             tmp.write_text("# Wall time and peak memory per stage\n\n" + table)

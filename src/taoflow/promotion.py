@@ -1,7 +1,9 @@
 """Promotion: register a tuned policy in the MLflow Model Registry, alias it champion only when it
 earned it (decide champion/challenger, register, tag).
 
-Every evaluated final policy is registered (so nothing a run produced is lost), but the alias
+Every evaluated final policy is registered once (so nothing a run produced is lost; a policy whose
+weights the registry already holds, ``taoflow.policy.fingerprint``, is not registered again and
+moves no alias), but the alias
 ``champion`` — what ``serve`` and users load as ``models:/<name>@champion`` — moves only when the
 policy's gate metric beats the current champion (or, before there is one, the base model) with
 a *paired* bootstrap CI above ``min_ci_low`` (default 0). Otherwise the version gets
@@ -36,6 +38,7 @@ from taoflow.config.shared import TaskParams
 from taoflow.core.ids import stable_hash
 from taoflow.core.stats import paired_comparison
 from taoflow.datasets.mlflow_policy import log_policy_model
+from taoflow.generation import policy_fingerprint
 from taoflow.health import promotion_blocked
 from taoflow.models import Policy
 
@@ -45,6 +48,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 SCORES_ARTIFACT = "gate/scores.json"
 TAG_PREFIX = "taoflow."
+# content hash of the registered weights: one registry version per distinct policy
+POLICY_FINGERPRINT_TAG = f"{TAG_PREFIX}policy.fingerprint"
 
 
 @dataclass
@@ -53,7 +58,7 @@ class GateDecision:
 
     registered_model: str
     version: str | None
-    alias: str
+    alias: str | None  # None: nothing registered or moved (disabled, or already registered)
     promoted: bool
     reason: str
     metric: str
@@ -275,6 +280,10 @@ def register_and_gate(
             "run`); MLflow tracking is disabled for this pipeline."
         )
     client = MlflowClient()  # the active run's tracking/registry URIs
+    weights = policy_fingerprint(policy)
+    existing = registered_version(client, name, weights)
+    if existing is not None:
+        return _already_registered(name, existing, weights, metric, candidate_scores)
     champion = current_champion(client, name)
     blocked, why = promotion_blocked(health) if health is not None else (False, "")
     verdict = decide(
@@ -301,6 +310,7 @@ def register_and_gate(
         f"{TAG_PREFIX}gate.metric": metric,
         f"{TAG_PREFIX}gate.value": f"{value:.6g}",
         f"{TAG_PREFIX}gate.fingerprint": fingerprint,
+        POLICY_FINGERPRINT_TAG: weights,
         **(extra_tags or {}),
     }
     _describe_version(
@@ -324,6 +334,50 @@ def register_and_gate(
         model_uri=f"models:/{name}/{version}",
         **{k: verdict[k] for k in ("promoted", "reason", "compared_with", "reference_value")},
         **{k: verdict[k] for k in ("diff", "ci_low", "ci_high", "n")},
+    )
+
+
+def registered_version(client: MlflowClient, name: str, weights: str) -> Any | None:
+    """The version of ``name`` already holding a policy with fingerprint ``weights``, if any."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if (v.tags or {}).get(POLICY_FINGERPRINT_TAG) == weights]
+    return min(same, key=lambda v: int(v.version)) if same else None
+
+
+def _already_registered(
+    name: str, version: Any, weights: str, metric: str, scores: dict[str, float]
+) -> GateDecision:
+    """No new version for a policy the registry holds already (e.g. ``promote`` run twice)."""
+    reason = (
+        f"this policy (fingerprint {weights[:12]}) is already registered as {name} "
+        f"v{version.version}: nothing registered, aliases unchanged"
+    )
+    mlflow.set_tags(
+        {
+            f"{TAG_PREFIX}gate.decision": "already_registered",
+            f"{TAG_PREFIX}gate.version": f"{name}/{version.version}",
+            f"{TAG_PREFIX}gate.reason": reason,
+        }
+    )
+    logger.info("registry gate: %s", reason)
+    return GateDecision(
+        registered_model=name,
+        version=str(version.version),
+        alias=None,
+        promoted=False,
+        reason=reason,
+        metric=metric,
+        value=sum(scores.values()) / max(len(scores), 1),
+        compared_with="",
+        reference_value=None,
+        diff=None,
+        ci_low=None,
+        ci_high=None,
+        n=0,
+        model_uri=f"models:/{name}/{version.version}",
     )
 
 
@@ -386,6 +440,7 @@ def gate_report(decision: dict[str, Any] | None) -> str:
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "POLICY_FINGERPRINT_TAG",
     "Champion",
     "GateDecision",
     "current_champion",
@@ -395,4 +450,5 @@ __all__ = [
     "gate_target",
     "item_scores",
     "register_and_gate",
+    "registered_version",
 ]

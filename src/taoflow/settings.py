@@ -3,9 +3,9 @@
 https://docs.kedro.org/en/stable/kedro_project_setup/settings.html
 """
 
-from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from taoflow.config.loader import LayeredConfigLoader
 from taoflow.context import TaoflowContext
 from taoflow.hooks import ReproducibilityHook, RunLockHook, StageTimingHook, TrackingHook
 from taoflow.mlflow_run import RunInputsHook
@@ -19,7 +19,9 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 # Validates every parameter block and builds the graph from this env (taoflow.config.graph).
 CONTEXT_CLASS = TaoflowContext
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# base → local (your settings: data, model, judge, credentials) → the experiment env (--env X);
+# a key your conf/local and the experiment set differently stops the run (taoflow.config.loader).
+CONFIG_LOADER_CLASS = LayeredConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

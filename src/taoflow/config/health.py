@@ -64,3 +64,8 @@ class HealthParams(StrictModel):
     )
     thresholds: HealthThresholds = HealthThresholds()
     probe: ProbeParams = ProbeParams()
+    policy: str | None = Field(
+        None,
+        description="`kedro run --pipeline health` alone: the catalog entry of the policy it "
+        "probes and judges against the base (e.g. round_2.policy); null: the last round's",
+    )

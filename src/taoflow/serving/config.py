@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from taoflow.config.base import StrictModel
+from taoflow.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def load_project_config(
     for key in ("parameters", "credentials", "mlflow"):
         try:
             out.append(dict(loader[key]))
+        except UserError:  # conf/local and the env disagree: say so, never serve the wrong one
+            raise
         except Exception:  # noqa: BLE001 - a missing credentials.yml is normal
             out.append({})
     return out[0], out[1], out[2]

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 from kedro.pipeline import Pipeline, node, pipeline
 
+from taoflow.config.graph import graph_parameters
+from taoflow.config.health import HealthParams
+from taoflow.config.tao import TaoParams
 from taoflow.pipelines.health.nodes import (
     build_health_report,
     compute_health,
@@ -103,12 +106,22 @@ def create_report_pipeline(namespaces: Sequence[str]) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """Stand-alone run: ``round_1`` judged against itself (round 1 *is* the base), and its report."""
-    template = create_template()
-    round_1 = pipeline(
+    """Stand-alone run: one policy probed and judged against the base model, and its report.
+
+    The policy is the catalog entry ``health.policy`` (default: the last round's,
+    ``round_<tao.rounds>.policy``), judged under its own namespace (``round_2.policy`` →
+    ``round_2.health``) exactly as the composed run judges a round before the next one.
+    """
+    graph = graph_parameters()
+    health: HealthParams = graph.get("health") or HealthParams()
+    tao: TaoParams = graph.get("tao") or TaoParams()
+    target = health.policy or f"round_{tao.rounds}.policy"
+    namespace = target.rsplit(".", 1)[0] if "." in target else target
+    template = create_template(probe_policy=True)
+    judged = pipeline(
         template,
-        namespace="round_1",
-        inputs={"prompts": "prompts", "health_reference": "round_1.scored"},
+        namespace=namespace,
+        inputs={"prompts": "prompts", "policy": target, "health_reference": "health_base_probe"},
         parameters=shared_params(template),
     )
-    return round_1 + create_report_pipeline(["round_1"])
+    return create_reference_probe() + judged + create_report_pipeline([namespace])
