@@ -3,12 +3,20 @@
 Starts ``kedro viz run`` on 127.0.0.1 (a free port), loads it in Debian's headless Chromium,
 checks that the expected node names are in the rendered page, and saves a screenshot.
 
+Chromium reaches kedro-viz through a small local proxy that shows the page as a returning user
+sees it: the first-visit feature tour is marked as seen (kedro-viz's own ``KedroViz``
+localStorage setting ``showFeatureHints: false``, set before the app starts), and the version
+check reports "up to date" (offline, kedro-viz 12 compares its version with the string "None" and
+shows a "Kedro-Viz None is here!" banner).
+
     python scripts/viz_check.py --expect round_1 --expect build_prompts --screenshot docs/kedro-viz.png
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
+import json
 import os
 import re
 import shutil
@@ -16,8 +24,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM_FLAGS = [
@@ -65,6 +77,60 @@ def wait_for_server(log: Path, server: subprocess.Popen, timeout: float) -> str:
     )
 
 
+# Runs in the page before kedro-viz's own script: kedro-viz reads its settings from these keys
+# (the tour's on/off switch; the last run the user has seen, which otherwise dots the run icon).
+SEEN_TOUR = (
+    "<script>localStorage.setItem('KedroViz', JSON.stringify("
+    "Object.assign(JSON.parse(localStorage.getItem('KedroViz') || '{}'),"
+    " {showFeatureHints: false, featureHintStep: 0})));"
+    "localStorage.setItem('KedroViz-workflow-last-run-end-time', '9999-12-31T00:00:00Z');</script>"
+)
+
+
+def returning_user(path: str, content_type: str, body: bytes) -> bytes:
+    """The response a returning user's browser would act on: tour seen, version up to date."""
+    if path.split("?", maxsplit=1)[0].rstrip("/").endswith("/api/version"):
+        version = json.loads(body)
+        version.update(is_outdated=False, latest=version.get("installed"))
+        return json.dumps(version).encode()
+    if content_type.startswith("text/html") and b"<head>" in body:
+        return body.replace(b"<head>", b"<head>" + SEEN_TOUR.encode(), 1)
+    return body
+
+
+@contextmanager
+def proxy(upstream: str) -> Iterator[str]:
+    """A loopback HTTP proxy to ``upstream`` that passes responses through ``returning_user``."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            url = upstream.rstrip("/") + self.path
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+                    status, headers, body = response.status, response.headers, response.read()
+            except urllib.error.HTTPError as err:
+                status, headers, body = err.code, err.headers, err.read()
+            kind = headers.get("Content-Type", "")
+            body = returning_user(self.path, kind, body)
+            self.send_response(status)
+            self.send_header("Content-Type", kind or "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def chromium(args: list[str], url: str, profile: str) -> str:
     cmd = [find_chromium() or "chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -81,8 +147,8 @@ def check(project: Path, expect: list[str], screenshot: Path | None, timeout: fl
             cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        url = wait_for_server(log, server, timeout)
-        with tempfile.TemporaryDirectory() as profile:
+        upstream = wait_for_server(log, server, timeout)
+        with proxy(upstream) as url, tempfile.TemporaryDirectory() as profile:
             dom = chromium(["--dump-dom"], url, profile)
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)

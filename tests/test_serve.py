@@ -15,12 +15,16 @@ import pytest
 
 from taoflow.serving import (
     FEEDBACK_NAME,
+    MODEL_ALIAS_TAG,
+    MODEL_NAME_TAG,
+    MODEL_NUMBER_TAG,
     MODEL_VERSION_TAG,
     ROOT_SPAN,
     TraceRecorder,
     build_config,
     create_app,
     load_served_policy,
+    model_trace_tags,
 )
 from taoflow.serving.batching import BatchQueue, GenerationRequest, QueueFullError
 from taoflow.serving.config import AuthConfig, resolve_token
@@ -368,6 +372,38 @@ def test_champion_is_loaded_from_the_registry(tiny_policy, mlflow_uri, tmp_path)
         policy, [[{"role": "user", "content": "hi"}]], do_sample=False, max_new_tokens=3
     )
     assert out[0][0]["n_tokens"] >= 1
+
+    # what it answers is traced with the registered name, version and alias, and linked to the
+    # logged model: traces can be searched per model version
+    assert policy.lineage["registered_alias"] == "champion"
+    recorder = TraceRecorder("tiny-champ-serve", served, lineage=policy.lineage)
+    config = build_config({"max_tokens_cap": 16, "default_max_tokens": 4})
+    app = create_app(policy, config, model_version=served, recorder=recorder)
+    with BackgroundServer(app) as url:
+        body = httpx.post(f"{url}/v1/chat/completions", json=chat("What is 2 + 2?")).json()
+    recorder.flush()
+    tags = mlflow.get_trace(body["trace_id"]).info.tags
+    assert tags[MODEL_NAME_TAG] == "tiny-champ"
+    assert tags[MODEL_NUMBER_TAG] == str(version.version)
+    assert tags[MODEL_ALIAS_TAG] == "champion" and tags[MODEL_VERSION_TAG] == served
+    found = mlflow.search_traces(
+        locations=[recorder.experiment_id],
+        filter_string=f"tag.`{MODEL_NUMBER_TAG}` = '{version.version}'",
+        return_type="list",
+    )
+    assert [t.info.trace_id for t in found] == [body["trace_id"]]
+    assert policy.lineage["logged_model_id"] == info.model_id
+    linked = mlflow.search_traces(
+        locations=[recorder.experiment_id], model_id=info.model_id, return_type="list"
+    )
+    assert [t.info.trace_id for t in linked] == [body["trace_id"]]
+
+
+def test_model_trace_tags_name_a_plain_reference():
+    assert model_trace_tags("embedded") == {
+        MODEL_VERSION_TAG: "embedded",
+        MODEL_NAME_TAG: "embedded",
+    }
 
 
 def test_cli_prepare_base_and_missing_champion(kedro_project, capsys):

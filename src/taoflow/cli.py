@@ -63,7 +63,12 @@ def serve(args: argparse.Namespace) -> int:
         config.model, config.registered_model, config.cache_dir, config.dtype
     )
     recorder = (
-        TraceRecorder(config.capture.experiment, version, redact=config.capture.redact_pii)
+        TraceRecorder(
+            config.capture.experiment,
+            version,
+            redact=config.capture.redact_pii,
+            lineage=policy.lineage,
+        )
         if config.capture.enabled
         else None
     )

@@ -16,6 +16,10 @@ _EXPORTS = {
     "load_served_policy": "taoflow.serving.loading",
     "FEEDBACK_NAME": "taoflow.serving.tracing",
     "MODEL_VERSION_TAG": "taoflow.serving.tracing",
+    "MODEL_NAME_TAG": "taoflow.serving.tracing",
+    "MODEL_NUMBER_TAG": "taoflow.serving.tracing",
+    "MODEL_ALIAS_TAG": "taoflow.serving.tracing",
+    "model_trace_tags": "taoflow.serving.tracing",
     "ROOT_SPAN": "taoflow.serving.tracing",
     "TraceRecorder": "taoflow.serving.tracing",
     "redact_exchange": "taoflow.serving.tracing",
@@ -23,6 +27,9 @@ _EXPORTS = {
 
 __all__ = [
     "FEEDBACK_NAME",
+    "MODEL_ALIAS_TAG",
+    "MODEL_NAME_TAG",
+    "MODEL_NUMBER_TAG",
     "MODEL_VERSION_TAG",
     "ROOT_SPAN",
     "ServeConfig",
@@ -30,6 +37,7 @@ __all__ = [
     "build_config",
     "create_app",
     "load_served_policy",
+    "model_trace_tags",
     "redact_exchange",
 ]
 

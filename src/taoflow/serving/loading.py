@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from taoflow.models import Policy, load_policy, load_tokenizer, read_lineage
 from taoflow.serving.config import CHAMPION
@@ -12,6 +13,7 @@ from taoflow.serving.config import CHAMPION
 logger = logging.getLogger(__name__)
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_LOGGED_MODEL_SOURCE = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)$")  # MLflow 3 log_model source
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
@@ -55,8 +57,21 @@ def _mlmodel_lineage(root: Path) -> dict:
     return {}
 
 
-def resolve_registry_uri(ref: str, registered_model: str) -> tuple[str, str] | None:
-    """``(name, version)`` for ``champion`` / ``models:/name@alias`` / ``models:/name/3``; else None."""
+class RegistryRef(NamedTuple):
+    """A registered model version a reference resolved to, and the alias it was reached by."""
+
+    name: str
+    version: str
+    alias: str | None = None
+    model_id: str | None = None  # the MLflow LoggedModel behind the version (MLflow 3), if any
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def resolve_registry_uri(ref: str, registered_model: str) -> RegistryRef | None:
+    """The version ``champion`` / ``models:/name@alias`` / ``models:/name/3`` names; else None."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -69,16 +84,25 @@ def resolve_registry_uri(ref: str, registered_model: str) -> tuple[str, str] | N
     client = MlflowClient()
     try:
         if alias:
-            version = client.get_model_version_by_alias(name, alias).version
+            found = client.get_model_version_by_alias(name, alias)
         else:
-            client.get_model_version(name, version)
+            found = client.get_model_version(name, version)
     except MlflowException as err:
         raise LookupError(
             f"{ref} does not resolve in the MLflow registry ({err.message.splitlines()[0]}). "
             "Run `kedro run` until evaluation promotes a champion, or serve a model reference "
             "directly, e.g. `taoflow serve --model embedded`."
         ) from None
-    return name, str(version)
+    return RegistryRef(name, str(found.version), alias, _logged_model_id(found))
+
+
+def _logged_model_id(version: object) -> str | None:
+    """The LoggedModel a registry version was made from: its ``model_id``, or its source URI."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return str(model_id)
+    source = _LOGGED_MODEL_SOURCE.match(str(getattr(version, "source", "") or ""))
+    return source["id"] if source else None
 
 
 def load_served_policy(
@@ -89,7 +113,9 @@ def load_served_policy(
 ) -> tuple[Policy, str]:
     """Load what ``ref`` names; returns the policy and the version string traces are tagged with.
 
-    Registry versions are downloaded once into ``cache_dir/served/<name>-v<version>`` and reused.
+    Registry versions are downloaded once into ``cache_dir/served/<name>-v<version>`` and reused;
+    their lineage also names the registered model, version, alias and logged model, so that the
+    traces of what they answer can be tagged with them (``tracing.model_trace_tags``).
     """
     registry = resolve_registry_uri(ref, registered_model)
     if registry is None:
@@ -99,7 +125,7 @@ def load_served_policy(
     import torch
     from transformers import AutoModelForCausalLM
 
-    name, version = registry
+    name, version = registry.name, registry.version
     target = Path(cache_dir) / "served" / f"{name}-v{version}"
     if not target.is_dir() or not any(target.rglob("config.json")):
         logger.info("Downloading models:/%s/%s into %s", name, version, target)
@@ -111,8 +137,13 @@ def load_served_policy(
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=getattr(torch, dtype))
     model.eval()
     lineage = read_lineage(weights) or _mlmodel_lineage(target)
-    version_ref = f"models:/{name}/{version}"
+    version_ref = registry.uri
     lineage.update({"name_or_path": version_ref, "registry_version": version_ref})
+    lineage.update(registered_name=name, registered_version=version)
+    if registry.alias:
+        lineage["registered_alias"] = registry.alias
+    if registry.model_id:
+        lineage["logged_model_id"] = registry.model_id
     lineage.setdefault("name", name)
     policy = Policy(model=model, tokenizer=load_tokenizer(str(tokenizer_dir)), lineage=lineage)
     return policy, version_ref

@@ -6,6 +6,10 @@ Trace contract (read back by ingest's traces source — keep in sync):
   ``temperature``, ...); outputs = the OpenAI chat-completion response (``id``, ``choices``,
   ``model``, ``usage``);
 * trace tag ``taoflow.model_version``: the model reference or registry version that answered;
+  tags ``taoflow.model.name`` (registered name, or the reference), ``taoflow.model.version`` and
+  ``taoflow.model.alias`` (the registry version and the alias it was served by, when it came from
+  the registry), so traces can be searched per model version; a registry version logged as an
+  MLflow 3 LoggedModel also links its traces to it (trace metadata ``mlflow.modelId``);
 * feedback: an assessment named ``user_feedback`` (1.0 thumbs up, 0.0 thumbs down, or a score in
   [0, 1]) from a ``HUMAN`` source; at most one per (trace, user), a new vote replaces the old.
 
@@ -16,10 +20,12 @@ timings are still the true ones.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
@@ -32,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 ROOT_SPAN = "chat_completion"
 MODEL_VERSION_TAG = "taoflow.model_version"
+MODEL_NAME_TAG = "taoflow.model.name"
+MODEL_NUMBER_TAG = "taoflow.model.version"
+MODEL_ALIAS_TAG = "taoflow.model.alias"
+MODEL_ID_METADATA = "mlflow.modelId"  # MLflow's own link from a trace to a LoggedModel
 FEEDBACK_NAME = "user_feedback"
 USER_KEY_METADATA = "taoflow.user_key"
 PII_KINDS = tuple(PII_PLACEHOLDERS)
@@ -75,12 +85,46 @@ def redact_exchange(
     return request, response, total
 
 
-class TraceRecorder:
-    """Writes ``chat_completion`` traces into one experiment and feedback onto them."""
+def model_trace_tags(model_version: str, lineage: Mapping[str, Any] | None = None) -> dict:
+    """Trace tags naming the served model, from ``load_served_policy``'s lineage.
 
-    def __init__(self, experiment: str, model_version: str, redact: bool = True):
+    A registry version gets its registered name, version number and the alias it was served by
+    (``tag.`taoflow.model.version` = '3'`` then finds what version 3 answered); any other model
+    is named by its reference.
+    """
+    lineage = lineage or {}
+    tags = {
+        MODEL_VERSION_TAG: model_version,
+        MODEL_NAME_TAG: str(lineage.get("registered_name") or model_version),
+    }
+    for tag, key in (
+        (MODEL_NUMBER_TAG, "registered_version"),
+        (MODEL_ALIAS_TAG, "registered_alias"),
+    ):
+        if lineage.get(key):
+            tags[tag] = str(lineage[key])
+    return tags
+
+
+class TraceRecorder:
+    """Writes ``chat_completion`` traces into one experiment and feedback onto them.
+
+    ``lineage`` (the served policy's, see ``load_served_policy``) adds the registered model's
+    name, version and alias as trace tags and links the traces to its logged model.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        model_version: str,
+        redact: bool = True,
+        lineage: Mapping[str, Any] | None = None,
+    ):
         self.model_version = model_version
         self.redact = redact
+        self.tags = model_trace_tags(model_version, lineage)
+        model_id = (lineage or {}).get("logged_model_id")
+        self.metadata = {MODEL_ID_METADATA: str(model_id)} if model_id else {}
         client = MlflowClient()
         found = client.get_experiment_by_name(experiment)
         self.experiment_id = (
@@ -103,15 +147,16 @@ class TraceRecorder:
         redactions = 0
         if self.redact:
             request, response, redactions = redact_exchange(request, response)
-        root = mlflow.start_span_no_context(
-            ROOT_SPAN,
-            span_type=SpanType.CHAT_MODEL,
-            inputs=request,
-            tags={MODEL_VERSION_TAG: self.model_version},
-            experiment_id=self.experiment_id,
-            start_time_ns=start_ns,
-            attributes={"taoflow.pii_redactions": redactions},
-        )
+        with _trace_metadata(self.metadata):
+            root = mlflow.start_span_no_context(
+                ROOT_SPAN,
+                span_type=SpanType.CHAT_MODEL,
+                inputs=request,
+                tags=dict(self.tags),
+                experiment_id=self.experiment_id,
+                start_time_ns=start_ns,
+                attributes={"taoflow.pii_redactions": redactions},
+            )
         child = mlflow.start_span_no_context(
             "generate",
             span_type=SpanType.LLM,
@@ -126,6 +171,14 @@ class TraceRecorder:
     def flush(self) -> None:
         """Wait for asynchronous trace writes (before shutdown, or before reading back)."""
         mlflow.flush_trace_async_logging()
+
+
+def _trace_metadata(metadata: dict[str, str]) -> contextlib.AbstractContextManager:
+    """Trace metadata set when the trace starts (``mlflow.tracing.context``, MLflow >= 3.x)."""
+    scope = getattr(mlflow.tracing, "context", None)
+    if not metadata or scope is None:
+        return contextlib.nullcontext()
+    return scope(metadata=metadata)
 
 
 def trace_exists(trace_id: str) -> bool:
