@@ -29,6 +29,7 @@ import unicodedata
 from pathlib import Path
 
 import reasoning_gym
+import update_docs_counts  # scripts/, next to this file
 
 TASK = "chain_sum"
 TASK_CONFIG = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
@@ -219,6 +220,8 @@ def main() -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     overlap = set(usage_questions) & {p["question"] for p in benchmark}
     assert not overlap, overlap
+    if args.out.resolve() == update_docs_counts.ROOT / "data" / "01_raw":
+        update_docs_counts.main([])  # the READMEs' counts follow the files
     print(
         f"usage.jsonl: {len(lines)} lines ({len(lines) - len(usage)} messy or extra); "
         f"usage_gold.jsonl: {len(gold)}; benchmark.jsonl: {len(benchmark)}; overlap: 0"

@@ -106,22 +106,30 @@ def push_to_hub(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``taoflow``'s commands; each one's ``--help`` says what it does and where its knobs live."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--project-path", default=".", help="Kedro project root (default: .)")
-    common.add_argument("--env", default=None, help="Kedro environment (default: local)")
+    common.add_argument(
+        "--env", default=None, help="Kedro environment over conf/base + conf/local (default: none)"
+    )
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     parser = argparse.ArgumentParser(
         prog="taoflow",
-        description="Serve the tuned model; prepare the base model; push a policy to a hub.",
+        description="taoflow's own commands: serve the tuned model, prepare the base model, "
+        "push a policy to a hub. Training, evaluation and registration are Kedro pipelines: "
+        "`kedro run` (the full job), `kedro run --env smoke` (a two-minute try on a tiny model).",
+        epilog="Run `taoflow <command> --help` for a command's options. They read the project's "
+        "configuration (conf/base, conf/local, --env) like `kedro run` does.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = commands.add_parser(
         "serve",
         parents=[common],
-        help="serve a model behind an OpenAI-compatible API",
+        help="serve the champion (or any model) behind an OpenAI-compatible API",
         description="Serve a model behind an OpenAI-compatible API: POST /v1/chat/completions "
         "(stream: true streams token by token), GET /v1/models, POST /v1/feedback, GET /health. "
+        "Each answer is recorded as an MLflow trace tagged with the model version that answered. "
         "Set TAOFLOW_SERVE_TOKEN to require a bearer token; knobs: conf/base/parameters_serve.yml.",
     )
     p.add_argument("--model", help="champion (default), models:/NAME@ALIAS, or a model reference")
@@ -131,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=serve)
 
     p = commands.add_parser(
-        "prepare-base", parents=[common], help="convert/cache the configured base model"
+        "prepare-base",
+        parents=[common],
+        help="convert/cache the configured base model once and print its folder",
+        description="Resolve the configured model reference (model.name_or_path: embedded, a "
+        "folder, a hub id, tiny-random) into a Hugging Face folder under model.cache_dir, "
+        "converting the embedded GGUF on first use, and print the folder's path.",
     )
     p.add_argument("--model", help="model reference (default: params model.name_or_path)")
     p.add_argument("--cache-dir", help="where to materialise it (default: model.cache_dir)")
@@ -173,13 +186,32 @@ if __name__ == "__main__":
 import click  # noqa: E402
 
 
-@click.group(name="taoflow")
+class _ProjectCommands(click.Group):
+    """The project's ``kedro`` commands; ``run`` is built on first use, so that importing this
+    module (``taoflow --help``) neither imports Kedro's CLI nor lets it configure logging."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "run"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "run" and cmd_name not in self.commands:
+            self.add_command(_guarded_run())
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(name="taoflow", cls=_ProjectCommands)
 def cli() -> None:
     """taoflow project commands."""
 
 
 @cli.command(
-    name="serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+    name="serve",
+    # every argument, --help included, goes to `taoflow serve`, whose help lists the options
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
 )
 @click.pass_context
 def _kedro_serve(ctx: click.Context) -> None:
@@ -209,6 +241,3 @@ def _guarded_run() -> click.Command:
         short_help=kedro_run.short_help,
         context_settings=kedro_run.context_settings,
     )
-
-
-cli.add_command(_guarded_run())
