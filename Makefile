@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint format run bench clean
+.PHONY: install test lint format run new-user bench clean
 
 install:  ## fresh virtual environment with taoflow and everything it needs (CPU torch)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ format:
 
 run:
 	HF_HUB_OFFLINE=1 $(BIN)/kedro run
+
+new-user:  ## README's commands in a fresh clone of HEAD, outputs checked (ARGS=--install: with make install)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/new_user.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
