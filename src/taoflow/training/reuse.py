@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import logging
@@ -38,7 +37,7 @@ import torch
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.train import TrainParams
 from taoflow.core.files import atomic_path
-from taoflow.core.ids import frame_hash, stable_hash
+from taoflow.core.ids import frame_hash, source_hash, stable_hash
 from taoflow.models import Policy, load_policy, save_policy
 
 logger = logging.getLogger(__name__)
@@ -58,29 +57,16 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 Trained = tuple[Policy, dict[str, Any]]
 
 
-def _source_files(module_name: str) -> list[Path]:
-    module = importlib.import_module(module_name)
-    path = Path(module.__file__ or "")
-    if path.name == "__init__.py":
-        return sorted(path.parent.rglob("*.py"))
-    return [path]
-
-
 def code_version(modules: Iterable[str] = TRAINING_CODE) -> str:
     """Hash of the modules' source files and the training libraries' versions."""
-    digest = hashlib.sha256()
-    for name in modules:
-        for file in _source_files(name):
-            digest.update(f"{name}:{file.name}\0".encode())
-            digest.update(file.read_bytes())
+    versions = []
     for library in LIBRARIES:
         try:
-            version = importlib.metadata.version(library)
+            versions.append(f"{library}={importlib.metadata.version(library)}")
         except importlib.metadata.PackageNotFoundError:
-            version = "absent"
-        digest.update(f"{library}={version}\0".encode())
-    digest.update(f"cuda={torch.cuda.is_available()}".encode())
-    return digest.hexdigest()[:16]
+            versions.append(f"{library}=absent")
+    versions.append(f"cuda={torch.cuda.is_available()}")
+    return stable_hash([source_hash(*modules), versions])
 
 
 def weights_hash(policy: Policy) -> str:
