@@ -101,7 +101,7 @@ def test_every_change_that_could_alter_the_result_misses(
 ):
     fake = FakeTrainer()
     monkeypatch.setattr(supervised, "train_policy", fake)
-    params, reuse = _oracle(tmp_path), _reuse(tmp_path)
+    params, reuse = _oracle(tmp_path), _reuse(tmp_path, keep=50)
 
     def run(*, examples=examples, params=params, seed=7, base=None, reuse=reuse, train=TRAIN):
         before = fake.calls
@@ -165,6 +165,26 @@ def test_stages_keep_apart_and_a_broken_entry_is_retrained(
     train_sft_oracle(examples, copy.deepcopy(tiny_policy), _oracle(tmp_path), TRAIN, 7, reuse=reuse)
     assert fake.calls == 3
     assert json.loads((entry / "reuse.json").read_text())["parts"]["seed"] == 7
+
+
+def test_the_cache_keeps_the_latest_used_entries_per_stage(
+    tmp_path, tiny_policy, examples, monkeypatch
+):
+    fake = FakeTrainer()
+    monkeypatch.setattr(supervised, "train_policy", fake)
+    reuse = _reuse(tmp_path, keep=2)
+
+    def key(seed: int) -> str:
+        policy, _ = train_sft_oracle(
+            examples, copy.deepcopy(tiny_policy), _oracle(tmp_path), TRAIN, seed, reuse=reuse
+        )
+        return policy.lineage["reuse_key"]
+
+    first, second = key(1), key(2)
+    assert key(1) == first and fake.calls == 2  # a hit makes seed 1 the latest used
+    third = key(3)
+    kept = {p.name for p in (tmp_path / "cache" / "sft_oracle").iterdir()}
+    assert kept == {first, third} and second not in kept
 
 
 def test_a_rerun_in_kedro_session_reuses_and_tags_mlflow(kedro_project, tiny_policy):

@@ -20,3 +20,6 @@ class ReuseParams(StrictModel):
     cache_dir: str = Field(
         "data/06_models/cache", description="cached trainings, one folder per stage and key"
     )
+    keep: int = Field(
+        2, ge=1, description="cached trainings kept per stage, the most recently used first"
+    )

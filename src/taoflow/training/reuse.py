@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,18 @@ def store(path: Path, policy: Policy, metrics: dict[str, Any], parts: dict[str, 
         )
 
 
+def prune(stage_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently used entries of one stage; the removed ones."""
+    entries = sorted(
+        (p for p in stage_dir.iterdir() if p.is_dir() and (p / ENTRY_FILE).is_file()),
+        key=lambda p: (p / ENTRY_FILE).stat().st_mtime_ns,
+        reverse=True,
+    )
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return entries[keep:]
+
+
 def reuse_or_train(
     stage: str,
     params: ReuseParams,
@@ -191,6 +204,7 @@ def reuse_or_train(
     if cached is not None:
         policy, metrics = cached
         logger.info("%s: inputs unchanged, reusing the training cached at %s", stage, path)
+        (path / ENTRY_FILE).touch()  # most recently used: pruned last
         hit = 1.0
     else:
         why = "forced (reuse.force)" if params.force else "no cached training with this key"
@@ -198,6 +212,7 @@ def reuse_or_train(
         policy, metrics = train()
         policy.lineage["reuse_key"] = key
         store(path, policy, metrics, parts)
+        prune(path.parent, params.keep)
         hit = 0.0
     metrics = {**metrics, f"reuse.{stage}": {"value": hit, "step": step}}
     return policy, metrics
