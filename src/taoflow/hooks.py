@@ -312,6 +312,16 @@ class ReproducibilityHook:
             out.write_text(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False))
             mlflow.log_artifact(str(out), artifact_path="config")
 
+    @hook_impl
+    def after_node_run(self, node, outputs: dict[str, Any]) -> None:
+        """Tag the run with the cache key of each policy a reusable training returned."""
+        if mlflow.active_run() is None:
+            return
+        for name, value in outputs.items():
+            key = (getattr(value, "lineage", None) or {}).get("reuse_key")
+            if isinstance(key, str):
+                mlflow.set_tag(f"reuse_key.{name.removesuffix('.policy')}", key)
+
 
 def _log_file_input_safely(
     name: str, digest: str, paths: dict[str, Path], project_path: Path, secrets: tuple[str, ...]

@@ -30,6 +30,7 @@ BLOCKS: dict[str, str] = {
     "judge_distill": "taoflow.config.judge_distill:JudgeDistillParams",
     "reward_model": "taoflow.config.reward_model:RewardModelParams",
     "judge": "taoflow.config.judge:JudgeParams",
+    "reuse": "taoflow.config.reuse:ReuseParams",
     "serve": "taoflow.serving.config:ServeConfig",
 }
 

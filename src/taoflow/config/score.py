@@ -227,6 +227,9 @@ class ScoreParams(StrictModel):
 
     scorers: list[ScorerEntry] = Field(min_length=1)
     advantage: AdvantageParams = AdvantageParams()
+    shard_size: int = Field(
+        32, ge=1, description="prompt groups per score shard (a killed run resumes by shard)"
+    )
 
     @model_validator(mode="after")
     def _names_are_unique_identifiers(self) -> ScoreParams:

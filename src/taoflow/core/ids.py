@@ -40,3 +40,22 @@ def frame_hash(frame: pd.DataFrame) -> str:
     ordered = frame[sorted(frame.columns)].reset_index(drop=True)
     payload = ordered.to_json(orient="split", index=False, default_handler=str, double_precision=15)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def source_hash(*modules: str) -> str:
+    """Hash of the named modules' source files (a package: every ``.py`` under it).
+
+    A code version for cache and shard keys that nobody has to remember to bump: any edit to
+    the code that computes a result changes the keys of what it computed.
+    """
+    import importlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for name in modules:
+        path = Path(importlib.import_module(name).__file__ or "")
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for file in files:
+            digest.update(f"{name}:{file.relative_to(path.parent).as_posix()}\0".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

@@ -30,7 +30,10 @@ class ScoreResult:
     ``failed`` marks candidates the scorer could not judge (timeout, crash, unparseable judge
     reply); they carry the scorer's failure value in ``scores`` and are counted in MLflow.
     ``columns`` are extra per-candidate outputs (e.g. ``agreement``); ``metrics`` are
-    scorer-level numbers for MLflow.
+    scorer-level numbers for MLflow. The score stage scores in shards of prompt groups and
+    merges their metrics: a metric named in ``metric_weights`` is a mean over that many units
+    (candidates, groups, judged rows) and merges as a weighted mean; any other is a count and
+    merges as a sum.
     """
 
     scores: Sequence[float]
@@ -38,6 +41,7 @@ class ScoreResult:
     failed: Sequence[bool] | None = None
     columns: dict[str, Sequence[Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    metric_weights: dict[str, float] = field(default_factory=dict)
 
     def validate(self, n_rows: int, name: str) -> ScoreResult:
         """Check lengths and types so a broken plugin fails with its own name in the message."""
@@ -67,6 +71,7 @@ class ScoreResult:
             failed=failed.astype(bool),
             columns=dict(self.columns),
             metrics=dict(self.metrics),
+            metric_weights=dict(self.metric_weights),
         )
 
 

@@ -164,10 +164,17 @@ class CandidateScorer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run_scorers(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
-        """Add ``score_<name>``, ``failed_<name>`` and ``<name>_<extra>`` columns; answers too."""
+    def run_scorers(
+        self, frame: pd.DataFrame
+    ) -> tuple[pd.DataFrame, dict[str, float], dict[str, float]]:
+        """Add ``score_<name>``, ``failed_<name>`` and ``<name>_<extra>`` columns; answers too.
+
+        Returns the frame, the scorers' metrics (``<scorer>.<key>``) and the weights of those
+        that are means (see :class:`ScoreResult`), so shards' metrics can be merged.
+        """
         frame = frame.copy()
         scorer_metrics: dict[str, float] = {}
+        weights: dict[str, float] = {}
         answers: list[str | None] | None = None
         agreement: Sequence[float] | None = None
         view = frame.copy()
@@ -185,6 +192,8 @@ class CandidateScorer:
                 agreement = [float(a) for a in result.columns["agreement"]]
             for key, value in result.metrics.items():
                 scorer_metrics[f"{item.name}.{key}"] = float(value)
+            for key, value in result.metric_weights.items():
+                weights[f"{item.name}.{key}"] = float(value)
             if result.failed.any():
                 logger.warning(
                     "scorer %s failed on %d of %d candidates (scored with its failure value)",
@@ -201,25 +210,59 @@ class CandidateScorer:
             for _, index in frame.groupby("prompt_id", sort=False).indices.items():
                 agreement[index] = vote([answers[i] for i in index]).agreement
         frame["agreement"] = np.asarray(agreement, dtype=float)
-        return frame, scorer_metrics
+        return frame, scorer_metrics, weights
 
     def score(
         self, candidates: pd.DataFrame, prompts: pd.DataFrame
     ) -> tuple[pd.DataFrame, dict[str, float]]:
         """Score, combine, normalise and summarise (see :func:`score_candidates`)."""
         frame = prepare_frame(candidates, prompts)
-        frame, scorer_metrics = self.run_scorers(frame)
-        reward = np.zeros(len(frame))
-        for item in self.scorers:
-            reward += item.weight * frame[f"score_{item.name}"].to_numpy()
-        frame["reward"] = reward
-        frame["advantage"], frame["zero_signal"] = group_advantage(
-            frame, self.normalize_std, self.eps, self.zero_signal_tol
+        frame, scorer_metrics, _ = self.run_scorers(frame)
+        return combine_scored(
+            frame.drop(columns=["messages", "prompt"]), self.config, scorer_metrics
         )
-        scored = frame.drop(columns=["messages", "prompt"])
-        summary = summarize_scored(scored, [s.name for s in self.scorers])
-        summary.update(scorer_metrics)
-        return scored, summary
+
+
+def combine_scored(
+    frame: pd.DataFrame, config: ScoreParams, scorer_metrics: dict[str, float]
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Scorer columns → ``reward`` (Σ weight·score), group ``advantage``, ``zero_signal``, summary.
+
+    The last step of :meth:`CandidateScorer.score`, apart so the score stage can run it once on
+    its concatenated shards.
+    """
+    scored = frame.copy()
+    reward = np.zeros(len(scored))
+    for entry in config.scorers:
+        reward += entry.weight * scored[f"score_{entry.scorer_name}"].to_numpy()
+    scored["reward"] = reward
+    advantage = config.advantage
+    scored["advantage"], scored["zero_signal"] = group_advantage(
+        scored, advantage.normalize_std, advantage.eps, advantage.zero_signal_tol
+    )
+    summary = summarize_scored(scored, [entry.scorer_name for entry in config.scorers])
+    summary.update(scorer_metrics)
+    return scored, summary
+
+
+def merge_scorer_metrics(
+    parts: Sequence[tuple[dict[str, float], dict[str, float]]],
+) -> dict[str, float]:
+    """Shards' (metrics, weights) → one set: weighted means where weighted, sums elsewhere."""
+    seen: dict[str, list[tuple[float, float | None]]] = {}
+    for metrics, weights in parts:
+        for key, value in metrics.items():
+            seen.setdefault(key, []).append((float(value), weights.get(key)))
+    merged: dict[str, float] = {}
+    for key, values in seen.items():
+        if len(values) == 1:  # one shard: its number as it is
+            merged[key] = values[0][0]
+        elif all(weight is not None for _, weight in values):
+            mass = sum(weight for _, weight in values)
+            merged[key] = sum(v * w for v, w in values) / mass if mass else 0.0
+        else:
+            merged[key] = sum(v for v, _ in values)
+    return merged
 
 
 def summarize_scored(scored: pd.DataFrame, scorer_names: Sequence[str]) -> dict[str, float]:

@@ -125,4 +125,8 @@ class CrossViewScorer(MajorityVoteScorer):
             "single_view_share": float((n_views <= 1).mean()) if len(n_views) else 0.0,
             "agree_share": float(agreed[judged].mean()) if judged.any() else 0.0,
         }
+        result.metric_weights = {
+            "single_view_share": float(len(n_views)),
+            "agree_share": float(judged.sum()),
+        }
         return result

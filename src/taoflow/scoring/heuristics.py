@@ -77,6 +77,7 @@ class FormatScorer:
                 "has_answer_share": float(has_answer.mean()) if len(texts) else 0.0,
                 "truncated_share": float(truncated.mean()) if len(texts) else 0.0,
             },
+            metric_weights={"has_answer_share": len(texts), "truncated_share": len(texts)},
         )
 
 

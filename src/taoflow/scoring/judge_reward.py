@@ -148,6 +148,7 @@ class JudgeScorer:
             scores, failed, judge_answers, confidence = self._reference_scores(frame, answers)
         judged = ~failed
         metrics = {"missing": float(failed.sum()), "judged": float(judged.sum())}
+        weights = {"agreement_rate": float(judged.sum()), "verdict_mean": float(judged.sum())}
         if judged.any() and not self.verdicts:
             pairs = zip(answers, judge_answers, judged, strict=True)
             metrics["agreement_rate"] = float(
@@ -160,4 +161,5 @@ class JudgeScorer:
             failed=failed,
             columns={"answer": judge_answers, "confidence": confidence.tolist()},
             metrics=metrics,
+            metric_weights={k: v for k, v in weights.items() if k in metrics},
         )

@@ -150,4 +150,9 @@ class MajorityVoteScorer(GroupScorer):
             "no_majority_share": float(1 - groups["has_majority"].mean()) if len(groups) else 0.0,
             "no_answer_share": float(1 - answered.mean()) if answered.size else 0.0,
         }
+        result.metric_weights = {
+            "tie_share": float(len(groups)),
+            "no_majority_share": float(len(groups)),
+            "no_answer_share": float(answered.size),
+        }
         return result

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taoflow.config.reuse import ReuseParams
 from taoflow.config.sft_oracle import TRAINER_ALGORITHM, SupervisedBaselineParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
@@ -23,6 +24,7 @@ from taoflow.core.text import as_messages, last_user_message
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
 from taoflow.training.examples import prompt_messages
+from taoflow.training.reuse import reuse_or_train
 from taoflow.training.trainers import train_policy
 
 logger = logging.getLogger(__name__)
@@ -128,30 +130,49 @@ def train_answer_baseline(
     algorithm: str,
     labels: str,
     examples_key: str,
+    reuse: ReuseParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on ``examples`` with the train stage's trainer and budget.
 
     Reuses :func:`taoflow.training.train_policy` (TRL ``SFTTrainer``, completion-only loss, LoRA,
     resumable checkpoints); per-step curves come back as ``<algorithm>.trainer.*``. The lineage
     says what it is (``algorithm``, ``labels``), so it is never mistaken for a label-free policy.
+    With ``reuse`` enabled, a training whose inputs all match a cached one is loaded instead
+    (:func:`taoflow.training.reuse.reuse_or_train`; metric ``reuse.<algorithm>``).
     """
     settings = params.train_settings(train)
-    policy, values, curves = train_policy(
-        base_model,
-        examples,
-        settings,
+
+    def run() -> tuple[Policy, dict[str, Any]]:
+        policy, values, curves = train_policy(
+            base_model,
+            examples,
+            settings,
+            seed=int(seed),
+            round_=ROUND,
+            data_hashes={examples_key: frame_hash(examples)},
+            metrics_prefix=f"{algorithm}.trainer",
+        )
+        base = policy.lineage.get("base_model", base_model.name)
+        policy.lineage.update(
+            {
+                "name": f"{base}-{algorithm}",
+                "algorithm": algorithm,
+                "trainer_algorithm": TRAINER_ALGORITHM,
+                "labels": labels,
+            }
+        )
+        return policy, {**mlflow_metrics(values, prefix=algorithm, step=ROUND), **curves}
+
+    if reuse is None:
+        return run()
+    return reuse_or_train(
+        algorithm,
+        reuse,
+        run,
+        base_model=base_model,
+        examples=examples,
+        settings=settings,
         seed=int(seed),
-        round_=ROUND,
-        data_hashes={examples_key: frame_hash(examples)},
-        metrics_prefix=f"{algorithm}.trainer",
+        step=ROUND,
+        extra={"round": ROUND, "labels": labels, "examples_key": examples_key},
     )
-    base = policy.lineage.get("base_model", base_model.name)
-    policy.lineage.update(
-        {
-            "name": f"{base}-{algorithm}",
-            "algorithm": algorithm,
-            "trainer_algorithm": TRAINER_ALGORITHM,
-            "labels": labels,
-        }
-    )
-    return policy, {**mlflow_metrics(values, prefix=algorithm, step=ROUND), **curves}

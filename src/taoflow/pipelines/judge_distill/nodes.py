@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.judge_distill import JudgeDistillParams
+from taoflow.config.reuse import ReuseParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
 from taoflow.core.gold import format_gold_answer
@@ -123,6 +124,8 @@ def train_judge_distill(
     judge_distill: JudgeDistillParams,
     train: TrainParams,
     seed: int,
+    *,
+    reuse: ReuseParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on the judge's answers (lineage ``labels: judge``)."""
     return train_answer_baseline(
@@ -134,4 +137,5 @@ def train_judge_distill(
         algorithm=ALGORITHM,
         labels="judge",
         examples_key="judge_distill_examples",
+        reuse=reuse,
     )

@@ -37,6 +37,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                     "judge_distill": "params:judge_distill",
                     "train": "params:train",
                     "seed": "params:seed",
+                    "reuse": "params:reuse",
                 },
                 outputs=["judge_distill.policy", "judge_distill_metrics"],
                 name="train_judge_distill",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 
 from taoflow.config.score import ScoreParams
 from taoflow.core.tracking import mlflow_metrics
-from taoflow.scoring import score_candidates
 from taoflow.scoring.combine import REQUIRED_CANDIDATE_COLUMNS
+from taoflow.scoring.shards import collect_scored
+from taoflow.scoring.shards import plan_score_shards as plan_shards
 
 logger = logging.getLogger(__name__)
 
@@ -75,29 +76,44 @@ def round_of(frame: pd.DataFrame) -> int:
     return rounds[0] if rounds else 0
 
 
-def score(
+def plan_score_shards(
     *,
     candidates: pd.DataFrame,
     prompts: pd.DataFrame,
-    rejects: pd.DataFrame,
     config: ScoreParams,
     task: Mapping[str, Any],
     credentials: dict[str, Any] | None,
     judgements: pd.DataFrame | None = None,
-) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """Scored candidates and their label-free metrics (step = the round).
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Scorable candidates → lazy content-keyed shards of ``score.shard_size`` prompt groups.
 
     ``judgements``: the judge stage's output (``judge_references`` or the round's
     ``judgements``) when ``judge.enabled``; handed to scorers as their ``references``.
+    The shards are written one by one as they finish (``ResumablePartitionedDataset``); a rerun
+    reuses those on disk (see :mod:`taoflow.scoring.shards`).
 
     ``task`` is not typed as ``TaskParams`` on purpose: Kedro replaces a typed parameter for
     every node of the run, and nodes of other stages still read ``params:task`` as a mapping.
     """
     if candidates.empty:
         raise ValueError("no scorable candidates: see score_rejects for why each was rejected")
-    scored, summary = score_candidates(
-        candidates, prompts, config, task, credentials, references=judgements
+    return plan_shards(
+        candidates, prompts, config, task, credentials=credentials, references=judgements
     )
+
+
+def score(
+    *,
+    score_shards: Mapping[str, Any],
+    rejects: pd.DataFrame,
+    config: ScoreParams,
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Scored shards → scored candidates and their label-free metrics (step = the round).
+
+    The frame and numbers :func:`taoflow.scoring.score_candidates` gives for all candidates at
+    once: reward, advantage and the summary are computed on the shards put together.
+    """
+    scored, summary = collect_scored(score_shards, config)
     summary["rejected"] = float(len(rejects))
     return scored, mlflow_metrics(summary, prefix="score", step=round_of(scored))
 

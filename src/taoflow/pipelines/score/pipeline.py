@@ -1,8 +1,14 @@
-"""score: ``candidates`` + ``prompts`` → ``scored`` (one round), metrics and a reward plot."""
+"""score: ``candidates`` + ``prompts`` → resumable ``score_shards`` → ``scored`` (one round),
+metrics and a reward plot."""
 
 from kedro.pipeline import Pipeline, node
 
-from taoflow.pipelines.score.nodes import plot_rewards, score, split_scorable
+from taoflow.pipelines.score.nodes import (
+    plan_score_shards,
+    plot_rewards,
+    score,
+    split_scorable,
+)
 
 SHARED_INPUTS = {"prompts": "prompts", "score_credentials": "score_credentials"}
 SHARED_PARAMETERS = {"params:score": "params:score", "params:task": "params:task"}
@@ -17,7 +23,6 @@ def create_template(judgements: str | None = None) -> Pipeline:
     inputs = {
         "candidates": "scorable_candidates",
         "prompts": "prompts",
-        "rejects": "score_rejects",
         "config": "params:score",
         "task": "params:task",
         "credentials": "score_credentials",
@@ -33,8 +38,18 @@ def create_template(judgements: str | None = None) -> Pipeline:
                 name="split_scorable",
             ),
             node(
-                score,
+                plan_score_shards,
                 inputs=inputs,
+                outputs="score_shards",
+                name="plan_score_shards",
+            ),
+            node(
+                score,
+                inputs={
+                    "score_shards": "score_shards",
+                    "rejects": "score_rejects",
+                    "config": "params:score",
+                },
                 outputs=["scored", "score_metrics"],
                 name="score_candidates",
             ),

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.reuse import ReuseParams
 from taoflow.config.sft_oracle import SftOracleParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
@@ -97,6 +98,8 @@ def train_sft_oracle(
     sft_oracle: SftOracleParams,
     train: TrainParams,
     seed: int,
+    *,
+    reuse: ReuseParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on the gold examples with the train stage's trainer and budget.
 
@@ -111,4 +114,5 @@ def train_sft_oracle(
         algorithm=ALGORITHM,
         labels="gold",
         examples_key="sft_oracle_examples",
+        reuse=reuse,
     )

@@ -31,6 +31,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                     "sft_oracle": "params:sft_oracle",
                     "train": "params:train",
                     "seed": "params:seed",
+                    "reuse": "params:reuse",
                 },
                 outputs=["sft_oracle.policy", "sft_oracle_metrics"],
                 name="train_sft_oracle",
