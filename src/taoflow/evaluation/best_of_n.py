@@ -163,9 +163,9 @@ def select_best_of_n(
     Each item's k sampled completions are scored as one group by the score stage's scorers
     (``taoflow.scoring.score_candidates`` with ``params:score``, exactly as the ``score`` stage
     judges candidates) — or by ``variant``'s own scorers — and the top-reward one becomes the
-    prediction. With ``variant.references``, every candidate carries that model's answer to its
-    item (``judge``, ``judge_answer``, ``judge_confidence``) for a judge scorer to read. The
-    reference never reaches the scorers. Label-free benchmarks are left out: their metric is
+    prediction. With ``variant.references``, that model's answers to the items reach the scorers
+    as the judge stage's references do (the ``judge`` scorer's data). The gold reference never
+    reaches the scorers. Label-free benchmarks are left out: their metric is
     that same reward, so best-of-N would be graded by what chose it.
     """
     from taoflow.scoring import score_candidates
@@ -196,13 +196,11 @@ def select_best_of_n(
             strategy="evaluate",
             round=0,
         )
+        refs = None
         if variant is not None and variant.references is not None:
             refs = benchmark_references(outputs, variant.references, spec.name, task)
-            refs = refs.set_index("prompt_id")
-            for column in ("judge", "judge_answer", "judge_confidence"):
-                candidates[column] = candidates["item_id"].map(refs[column])
         prompts = items.rename(columns={"item_id": "prompt_id"})[["prompt_id", "messages"]]
-        scored, _ = score_candidates(candidates, prompts, config, task)
+        scored, _ = score_candidates(candidates, prompts, config, task, references=refs)
         best = pick_best(scored)
         first = rows.drop_duplicates("item_id").set_index("item_id")
         best["prompt"] = best["item_id"].map(first["prompt"])
