@@ -180,6 +180,12 @@ def main() -> None:
     parser.add_argument("--config", default="default", help="configuration named in the block")
     parser.add_argument("--label", default="this run", help="the main run's label in audit tables")
     parser.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        help="OLD=NEW: show the main run's model OLD as NEW (repeatable)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -193,11 +199,16 @@ def main() -> None:
     reporting = args.run_dir / "data" / "08_reporting"
     start, end = f"<!-- {args.block}:start -->", f"<!-- {args.block}:end -->"
     runs = [(args.label, args.run_dir)] + [(v[0].partition("@")[0], v[1]) for v in variants]
+    renames = dict(item.split("=", 1) for item in args.rename)
     results = with_variants(
-        pd.read_parquet(reporting / "eval_results.parquet"), variants, "eval_results.parquet"
+        pd.read_parquet(reporting / "eval_results.parquet").replace({"model": renames}),
+        variants,
+        "eval_results.parquet",
     )
     paired = with_variants(
-        pd.read_parquet(reporting / "eval_paired.parquet"), variants, "eval_paired.parquet"
+        pd.read_parquet(reporting / "eval_paired.parquet").replace({"model": renames}),
+        variants,
+        "eval_paired.parquet",
     )
     timings = (reporting / "stage_timings.md").read_text().split("\n", 2)[-1].strip()
     block = (
