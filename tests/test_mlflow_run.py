@@ -31,7 +31,13 @@ def _params(env: str | None = None, **overrides) -> dict:
         ("local", {}, None, "tao-dpo-1round"),
         ("local", {}, ["__default__"], "tao-dpo-1round"),
         ("two_rounds", {}, ["tao"], "tao-dpo-2rounds"),
-        ("judge", {"tao": {"rounds": 2}}, None, "tao-dpo-2rounds-judge"),
+        (
+            "judge",
+            {"train": {"algorithm": "dpo"}, "tao": {"rounds": 1}},
+            None,
+            "tao-dpo-1round-judge",
+        ),
+        ("judge", {}, None, "tao-rft-2rounds-judge"),
         ("lora", {"train": {"algorithm": "kto"}}, None, "tao-kto-1round-lora"),
         ("smoke", {}, None, "tao-rft-2rounds"),
         ("local", {}, ["train"], "train"),
@@ -45,7 +51,7 @@ def test_run_name_says_what_ran(env, overrides, names, expected):
 def test_description_comes_from_the_config():
     text = run_description(None, "judge", _params("judge"))
     assert "composed `tao` pipeline" in text and "env `judge`" in text
-    assert "`dpo` (full fine-tuning)" in text and "1 TAO round(s)" in text
+    assert "`rft` (full fine-tuning)" in text and "2 TAO round(s)" in text
     assert "majority_vote (majority_vote, weight 1)" in text and "judge (judge, weight 1)" in text
     assert "`embedded-judge` (transformers, reference mode" in text
     stage = run_description(["train"], None, _params())
