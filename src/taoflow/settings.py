@@ -3,12 +3,18 @@
 https://docs.kedro.org/en/stable/kedro_project_setup/settings.html
 """
 
-from omegaconf.resolvers import oc
+import warnings
 
-from taoflow.config.loader import LayeredConfigLoader
-from taoflow.context import TaoflowContext
-from taoflow.hooks import ReproducibilityHook, RunLockHook, StageTimingHook, TrackingHook
-from taoflow.mlflow_run import RunInputsHook
+# Library deprecation notices printed on every command, none the user's to act on.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
+warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
+
+from omegaconf.resolvers import oc  # noqa: E402
+
+from taoflow.config.loader import LayeredConfigLoader  # noqa: E402
+from taoflow.context import TaoflowContext  # noqa: E402
+from taoflow.hooks import ReproducibilityHook, RunLockHook, StageTimingHook, TrackingHook  # noqa: E402
+from taoflow.mlflow_run import RunInputsHook  # noqa: E402
 
 # kedro-mlflow's hook runs as TrackingHook (same hook, typed parameters logged as plain values).
 # RunLockHook: one run at a time per project directory. RunInputsHook: prompts, benchmarks and
