@@ -12,10 +12,10 @@ from taoflow.generation.engine import (
     frame_conversation,
     generate_completions,
     plan_batches,
-    policy_fingerprint,
     render_prompts,
     stop_token_ids,
 )
+from taoflow.generation.fingerprint import policy_fingerprint
 from taoflow.generation.sampling import SeededSampler
 
 __all__ = [

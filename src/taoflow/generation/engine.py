@@ -33,7 +33,7 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from taoflow.core.ids import derive_seed, stable_hash
+from taoflow.core.ids import derive_seed
 from taoflow.generation.chat import render_chat_ids, special_token_texts
 from taoflow.generation.sampling import SeededSampler
 from taoflow.generation.streaming import RowStreamer
@@ -489,26 +489,3 @@ def _row_result(
         "logprob": float(sum(logprobs)),
         "token_ids": tokens,
     }
-
-
-def policy_fingerprint(policy: Policy) -> str:
-    """Cheap content hash of a policy (weight statistics + tokenizer), for cache and shard keys.
-
-    Lineage alone is not enough: two runs can save different weights under the same lineage.
-    """
-    stats = []
-    with torch.no_grad():
-        for name, param in policy.model.named_parameters():
-            p = param.detach().double()
-            stats.append(
-                [name, list(p.shape), f"{p.sum().item():.10e}", f"{p.abs().sum().item():.10e}"]
-            )
-    tok = policy.tokenizer
-    return stable_hash(
-        {
-            "weights": stats,
-            "vocab": len(tok),
-            "chat_template": tok.chat_template,
-            "adapter": policy.adapter is not None,
-        }
-    )

@@ -374,9 +374,9 @@ def audit_training_data(
                     "gold_answer": gold[prompt_id],
                     "side": side,
                     "candidate_id": candidate_id,
-                    "answer": None if _missing(answer) else str(answer),
+                    "answer": None if pd.isna(answer) else str(answer),
                     "correct": bool(
-                        not _missing(answer) and answers_match(str(answer), gold[prompt_id])
+                        not pd.isna(answer) and answers_match(str(answer), gold[prompt_id])
                     ),
                 }
             )
@@ -401,7 +401,3 @@ def audit_training_data(
     )
     values = {k: v for k, v in values.items() if not np.isnan(v)}
     return table, mlflow_metrics(values, prefix=f"audit.round_{round_}.train", step=round_)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
