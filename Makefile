@@ -38,3 +38,9 @@ new-user:  ## README's commands in a fresh clone of HEAD, outputs checked (ARGS=
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- shared tracking: the smoke run against an mlflow server on PostgreSQL (opt-in) ---
+.PHONY: check-mlflow-server
+check-mlflow-server:  ## smoke run against a throwaway PostgreSQL-backed mlflow server on 127.0.0.1
+	$(BIN)/python -c "import psycopg2" 2>/dev/null || $(BIN)/python -m pip install --quiet $$($(BIN)/python benchmarks/check_mlflow_server.py --print-requirements)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python benchmarks/check_mlflow_server.py --install
