@@ -44,3 +44,13 @@ clean:
 check-mlflow-server:  ## smoke run against a throwaway PostgreSQL-backed mlflow server on 127.0.0.1
 	$(BIN)/python -c "import psycopg2" 2>/dev/null || $(BIN)/python -m pip install --quiet $$($(BIN)/python benchmarks/check_mlflow_server.py --print-requirements)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python benchmarks/check_mlflow_server.py --install
+
+# --- GPU check: vLLM + transformers generation and a bf16 training step, throughput table ---
+# gpu-pack (here, with network): .gpu/ = the embedded model's config + tokenizer and TRL's wheels.
+# gpu-check (on the GPU machine, no network, its own python3 with torch): carry .gpu along.
+GPU_PYTHON ?= python3
+.PHONY: gpu-pack gpu-check
+gpu-pack:
+	$(BIN)/python benchmarks/gpu_check.py --pack .gpu
+gpu-check:
+	PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py --pack-dir .gpu $(ARGS)
