@@ -12,7 +12,10 @@ the project (pyproject + conf, no conf/local) it:
    asks for;
 2. runs `kedro databricks bundle -g node --pipeline tao` (one task per node: the generator stops
    on any dataset between nodes that is not declared, i.e. a MemoryDataset crossing tasks) and
-   validates that job the same way;
+   validates that job the same way, then runs the generated tasks of `build_prompts` and the
+   nodes it depends on here, each one its own `taoflow <task parameters>` process (the env
+   swapped for `smoke`, a local MLflow), sharing only TAOFLOW_WORKDIR: the datasets between
+   them travel through files (`--no-run` skips this);
 3. runs `kedro airflow create` and parses the DAG with Airflow's own `DagBag`: no import errors,
    one task per node, the same dependencies as the node-level Databricks job.
 
@@ -201,7 +204,7 @@ def check_pipeline_bundle(project: Path) -> list[str]:
     return lines
 
 
-def check_node_bundle(project: Path) -> tuple[list[str], dict[str, set[str]]]:
+def check_node_bundle(project: Path) -> tuple[list[str], dict[str, set[str]], dict]:
     shutil.rmtree(project / "resources", ignore_errors=True)
     seconds = kedro(
         project, "databricks", "bundle", "--env", ENV, "-g", "node", "--pipeline", "tao"
@@ -221,7 +224,59 @@ def check_node_bundle(project: Path) -> tuple[list[str], dict[str, set[str]]]:
         f"{edges} dependencies, in {seconds:.0f} s; Job.from_dict ok; the generator found no "
         "undeclared (MemoryDataset) dataset between nodes; every task: taoflow --nodes <node>"
     ]
-    return lines, deps
+    return lines, deps, jobs["taoflow_tao"]
+
+
+def upstream_closure(tasks: dict[str, dict], key: str) -> list[str]:
+    """``key`` and every task it depends on, dependencies first."""
+    order: list[str] = []
+
+    def visit(k: str) -> None:
+        for dep in tasks[k].get("depends_on", []):
+            visit(dep["task_key"])
+        if k not in order:
+            order.append(k)
+
+    visit(key)
+    return order
+
+
+def run_node_tasks(project: Path, job: dict, last: str = "build_prompts") -> list[str]:
+    """The node job's tasks up to ``last``, each in its own process and working folder."""
+    tasks = {t["task_key"]: t for t in job["tasks"]}
+    workdir = project.parent / "volume"  # outside the project, as a Unity Catalog volume is
+    shutil.copytree(ROOT / "data" / "01_raw", workdir / "data" / "01_raw")
+    env = {
+        **os.environ,
+        "TAOFLOW_WORKDIR": str(workdir),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'tasks-mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    script = str(Path(sys.executable).parent / "taoflow")
+    timings = []
+    for key in upstream_closure(tasks, last):
+        params = [
+            str(p)
+            .replace("/${workspace.file_path}/conf", f"/{project / 'conf'}")
+            .replace("${var.environment}", "smoke")
+            for p in tasks[key]["python_wheel_task"]["parameters"]
+        ]
+        driver = project / "drivers" / key  # a task's own working folder, as on a cluster
+        driver.mkdir(parents=True)
+        start = time.perf_counter()
+        done = subprocess.run(
+            [script, *params], cwd=driver, env=env, capture_output=True, text=True, check=False
+        )
+        check(done.returncode == 0, f"task {key}: exit {done.returncode}\n{done.stderr[-2000:]}")
+        check(not (driver / "data").exists(), f"task {key} wrote data/ outside TAOFLOW_WORKDIR")
+        timings.append(f"{key} {time.perf_counter() - start:.0f} s")
+    prompts = workdir / "data" / "03_primary" / "prompts.parquet"
+    check(prompts.is_file(), f"{prompts} was not written")
+    return [
+        f"  ran {len(timings)} generated tasks as separate `taoflow --nodes ...` processes "
+        f"(--env smoke): {', '.join(timings)}; {prompts.relative_to(project.parent)} written"
+    ]
 
 
 def slug(name: str) -> str:
@@ -266,6 +321,7 @@ def check_uc_names(project: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the project copy (prints it)")
+    parser.add_argument("--no-run", action="store_true", help="do not run the node tasks here")
     args = parser.parse_args()
     where = Path(tempfile.mkdtemp(prefix="taoflow-deploy-"))
     project = project_copy(where)
@@ -277,8 +333,10 @@ def main() -> int:
     report = ["check-deploy: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
     try:
         report += check_pipeline_bundle(project)
-        node_lines, node_deps = check_node_bundle(project)
+        node_lines, node_deps, node_job = check_node_bundle(project)
         report += node_lines
+        if not args.no_run:
+            report += run_node_tasks(project, node_job)
         report += check_airflow(project, node_deps)
         report.append(check_uc_names(project))
     except CheckFailed as err:

@@ -187,6 +187,22 @@ def is_kedro_run(argv: Sequence[str]) -> bool:
     return first == "run" or (first.startswith("-") and first not in ("-h", "--help"))
 
 
+def _enter_workdir(workdir: Path) -> None:
+    """Work in ``workdir``. Kedro resolves relative catalog paths against the project folder it
+    finds from the working directory (itself or a parent), so one above ``workdir`` would send
+    ``data/`` there instead: refused."""
+    from kedro.utils import find_kedro_project
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    project = find_kedro_project(Path.cwd())
+    if project is not None and project.resolve() != Path.cwd().resolve():
+        raise UserError(
+            f"{WORKDIR_ENV}={workdir} is inside the Kedro project {project}, whose data/ the run "
+            f"would use: choose a folder outside it (or unset {WORKDIR_ENV} and run from {project})"
+        )
+
+
 def run_kedro(argv: Sequence[str]) -> int:
     """Kedro's ``run`` command (with the one-line failure report) on these arguments, the
     project configured by package name as Kedro's own ``__main__`` does, so no ``kedro``
@@ -195,8 +211,11 @@ def run_kedro(argv: Sequence[str]) -> int:
 
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        os.chdir(workdir)
+        try:
+            _enter_workdir(Path(workdir))
+        except UserError as err:
+            click.echo(f"Error: {err}", err=True)
+            return 2
     configure_project(Path(__file__).parent.name)
     command = _guarded_run()
     try:
