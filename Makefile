@@ -54,3 +54,17 @@ gpu-pack:
 	$(BIN)/python benchmarks/gpu_check.py --pack .gpu
 gpu-check:
 	PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py --pack-dir .gpu $(ARGS)
+
+# Opt-in: the Databricks bundle (kedro-databricks) and the Airflow DAG (kedro-airflow) of this
+# project, built in their own venv and checked (docs/scale-out-deploy.md). Airflow's constraints
+# file is not on PyPI: plain pins.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_PINS := kedro-databricks==0.18.3 databricks-bundles==1.22.1 kedro-airflow==0.11.0 apache-airflow==3.3.2
+.PHONY: check-deploy
+check-deploy:  ## opt-in: kedro databricks bundle → databricks-bundles; kedro airflow create → DagBag
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	grep -qxF '$(DEPLOY_PINS)' $(DEPLOY_VENV)/.pins 2>/dev/null || { \
+	  $(DEPLOY_VENV)/bin/python -m pip install --quiet torch==2.13.0 && \
+	  $(DEPLOY_VENV)/bin/python -m pip install --quiet $(DEPLOY_PINS) -e . && \
+	  echo '$(DEPLOY_PINS)' > $(DEPLOY_VENV)/.pins; }
+	HF_HUB_OFFLINE=1 $(DEPLOY_VENV)/bin/python benchmarks/check_deploy.py $(ARGS)

@@ -1,5 +1,12 @@
 """The ``taoflow`` console script: ``serve``, ``prepare-base``, ``push-to-hub``; Kedro's ``run``.
 
+``taoflow run [kedro run options]`` and ``taoflow --pipeline train --env databricks ...`` (options
+first, no command: the arguments a Databricks wheel task or another scheduler passes to the
+package's entry point) run the Kedro project like ``kedro run`` / ``python -m taoflow``, from any
+working directory (``--conf-source`` says where the configuration is). ``TAOFLOW_WORKDIR``, when
+set, is the folder such a run works in: the catalog's relative ``data/`` paths resolve there (on
+Databricks, a Unity Catalog volume every task of every job shares: conf/databricks).
+
 ``kedro run`` is Kedro's own command with one change: a failure prints one line (the user's
 error, or the exception of a bug) and the path of a log file holding the traceback, and exits
 non-zero (2: user-caused, 1: anything else); ``TAOFLOW_TRACEBACK=1`` shows the traceback instead.
@@ -119,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "push a policy to a hub. Training, evaluation and registration are Kedro pipelines: "
         "`kedro run` (the full job), `kedro run --env smoke` (a two-minute try on a tiny model).",
         epilog="Run `taoflow <command> --help` for a command's options. They read the project's "
-        "configuration (conf/base, conf/local, --env) like `kedro run` does.",
+        "configuration (conf/base, conf/local, --env) like `kedro run` does. `taoflow run "
+        "[kedro run options]`, or the options alone (`taoflow --pipeline train --env X`, what a "
+        "Databricks wheel task passes), runs the Kedro project: `taoflow run --help` lists them.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
@@ -166,7 +175,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WORKDIR_ENV = "TAOFLOW_WORKDIR"
+
+
+def is_kedro_run(argv: Sequence[str]) -> bool:
+    """``run ...`` or options with no command before them (``--pipeline train --env X``): a
+    Kedro run. A bare ``taoflow`` or ``--help`` stays with the commands (no run by accident)."""
+    if not argv:
+        return False
+    first = argv[0]
+    return first == "run" or (first.startswith("-") and first not in ("-h", "--help"))
+
+
+def _enter_workdir(workdir: Path) -> None:
+    """Work in ``workdir``. Kedro resolves relative catalog paths against the project folder it
+    finds from the working directory (itself or a parent), so one above ``workdir`` would send
+    ``data/`` there instead: refused."""
+    from kedro.utils import find_kedro_project
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    project = find_kedro_project(Path.cwd())
+    if project is not None and project.resolve() != Path.cwd().resolve():
+        raise UserError(
+            f"{WORKDIR_ENV}={workdir} is inside the Kedro project {project}, whose data/ the run "
+            f"would use: choose a folder outside it (or unset {WORKDIR_ENV} and run from {project})"
+        )
+
+
+def run_kedro(argv: Sequence[str]) -> int:
+    """Kedro's ``run`` command (with the one-line failure report) on these arguments, the
+    project configured by package name as Kedro's own ``__main__`` does, so no ``kedro``
+    executable and no project folder as working directory are needed."""
+    from kedro.framework.project import configure_project
+
+    workdir = os.environ.get(WORKDIR_ENV)
+    if workdir:
+        try:
+            _enter_workdir(Path(workdir))
+        except UserError as err:
+            click.echo(f"Error: {err}", err=True)
+            return 2
+    configure_project(Path(__file__).parent.name)
+    command = _guarded_run()
+    try:
+        command.main(args=list(argv), prog_name="taoflow run", standalone_mode=False)
+    except click.ClickException as err:  # a bad option: click's own message and exit code
+        err.show()
+        return err.exit_code
+    except click.Abort:
+        return 1
+    except SystemExit as done:  # the guarded run's one-line failure exit
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if is_kedro_run(argv):
+        return run_kedro(argv[1:] if argv[0] == "run" else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -175,10 +242,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LookupError, FileNotFoundError, ValueError, UserError) as err:
         logger.error("%s", err)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # Kedro treats ``<package>/cli.py`` as the project's CLI extension and needs a click group named
@@ -241,3 +304,7 @@ def _guarded_run() -> click.Command:
         short_help=kedro_run.short_help,
         context_settings=kedro_run.context_settings,
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
