@@ -16,7 +16,15 @@ from taoflow.generation.engine import (
     stop_token_ids,
 )
 from taoflow.generation.fingerprint import policy_fingerprint
-from taoflow.generation.sampling import SeededSampler
+
+
+def __getattr__(name: str):  # noqa: ANN202 - SeededSampler subclasses a transformers class
+    if name == "SeededSampler":
+        from taoflow.generation.sampling import SeededSampler
+
+        return SeededSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",

@@ -33,15 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.train import TrainParams
 from taoflow.core.files import atomic_path
 from taoflow.core.ids import frame_hash, source_hash, stable_hash
+from taoflow.core.lazy import lazy_module
 from taoflow.models import Policy, load_policy, save_policy
 
 logger = logging.getLogger(__name__)
+torch = lazy_module("torch")  # imported on first use (taoflow.core.lazy)
 
 ENTRY_FILE = "reuse.json"
 # The code whose edits could change a training's result (hashed by source).

@@ -19,12 +19,10 @@ from taoflow.core.ids import frame_hash
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
 from taoflow.training import (
-    CollapseEarlyStopping,
     build_gated_examples,
     check_lineage,
     make_grpo_reward,
     scoring_reward_fn,
-    train_policy,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,6 +89,8 @@ def train(  # keyword-only: wired by name in pipeline.py
     place (the catalog loads a fresh copy per run). Returns the policy and the metrics: run
     numbers (``train.*``, step = round) and per-step curves (``train.round_<k>.*``).
     """
+    from taoflow.training import CollapseEarlyStopping, train_policy  # TRL: imported here
+
     round_ = check_lineage(scored, input_policy.lineage)
     data_hashes = {"scored": frame_hash(scored), "train_examples": frame_hash(train_examples)}
     scorer = reward_fn = stopper = None
