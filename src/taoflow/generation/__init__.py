@@ -5,6 +5,8 @@ the same output contract; ``sampling`` draws each row from its own generator; ``
 the row contract of sampled completions.
 """
 
+from typing import Any
+
 from taoflow.generation.candidates import CANDIDATE_COLUMNS, candidate_record
 from taoflow.generation.engine import (
     BACKENDS,
@@ -18,7 +20,8 @@ from taoflow.generation.engine import (
 from taoflow.generation.fingerprint import policy_fingerprint
 
 
-def __getattr__(name: str):  # noqa: ANN202 - SeededSampler subclasses a transformers class
+def __getattr__(name: str) -> Any:
+    """``SeededSampler`` subclasses a transformers class: imported only when asked for."""
     if name == "SeededSampler":
         from taoflow.generation.sampling import SeededSampler
 
