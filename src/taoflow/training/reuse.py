@@ -1,5 +1,8 @@
 """Work done once: a training whose inputs did not change is loaded from a cache, not redone.
 
+Used by the yardsticks (sft_oracle, judge_distill) and by each TAO round's training (the train
+node; :func:`round_key_parts` adds what a round depends on beyond the parts below).
+
 The key is a hash of everything that decides the trained weights:
 
 - the input policy: a hash of every weight's bytes (not the cheap
