@@ -343,6 +343,18 @@ def _rss_bytes() -> int:
         return 0
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): start-up included."""
+    try:
+        with open("/proc/self/stat") as handle:
+            started = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def stage_of(node) -> str:
     """The stage a node belongs to: the pipeline package its function lives in."""
     module = getattr(node.func, "__module__", "") or ""
@@ -358,7 +370,8 @@ class StageTimingHook:
     A node's time runs from loading its first input to saving its last output: stages such as
     ``generate`` do their work lazily while their sharded output is saved. Peak RSS is sampled
     every 0.2 s while a node is current, so each stage reports its own peak rather than the
-    process-wide high-water mark. (Sequential runner: nodes do not overlap.)
+    process-wide high-water mark. (Sequential runner: nodes do not overlap.) Start-up, from
+    the process's start to its first node's first input, is recorded beside the stages.
     """
 
     interval = 0.2
@@ -370,6 +383,7 @@ class StageTimingHook:
         self._ended: float | None = None
         self._peak = 0
         self._stop: threading.Event | None = None
+        self._startup: float | None = None
 
     def _sample(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval):
@@ -378,6 +392,8 @@ class StageTimingHook:
     def _enter(self, node) -> None:
         if self._node is node:
             return
+        if self._startup is None:
+            self._startup = process_age()
         self._finish()
         self._node, self._started, self._ended = node, time.perf_counter(), None
         self._peak = _rss_bytes()
@@ -398,7 +414,7 @@ class StageTimingHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._rows, self._node = [], None
+        self._rows, self._node, self._startup = [], None, None
         self._stop = threading.Event()
         threading.Thread(target=self._sample, args=(self._stop,), daemon=True).start()
 
@@ -450,6 +466,8 @@ class StageTimingHook:
             f"| **total** | {sum(s['nodes'] for s in stages)} | {total:.1f} | "
             f"{max((s['peak_rss_gb'] for s in stages), default=0):.2f} |",
         ]
+        if self._startup is not None:
+            lines.append(f"\nStart-up (process start to the first node): {self._startup:.1f} s")
         table = "\n".join(lines) + "\n"
         logger.info("Wall time and peak memory per stage:\n%s", table)
         project_path = Path(run_params.get("project_path") or Path.cwd())
@@ -460,11 +478,13 @@ class StageTimingHook:
         with atomic_path(out) as tmp:
             tmp.write_text("# Wall time and peak memory per stage\n\n" + table)
         with atomic_path(out.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"stages": stages, "nodes": self._rows}, indent=2))
+            timings = {"stages": stages, "nodes": self._rows, "startup_seconds": self._startup}
+            tmp.write_text(json.dumps(timings, indent=2))
         if mlflow.active_run() is not None:
             mlflow.log_metrics(
                 {f"timing.{s['stage']}.seconds": s["seconds"] for s in stages}
                 | {f"timing.{s['stage']}.peak_rss_gb": s["peak_rss_gb"] for s in stages}
                 | {"timing.total.seconds": total}
+                | ({"timing.startup.seconds": self._startup} if self._startup is not None else {})
             )
             mlflow.log_artifact(str(out), artifact_path="timing")

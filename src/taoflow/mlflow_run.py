@@ -20,11 +20,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from taoflow.core.ids import frame_hash
+from taoflow.core.lazy import lazy_module
 from taoflow.core.secrets import env_secrets, mask_secrets, referenced_env_vars
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ TABLES = {
     "eval_results": "evaluation/results.json",
 }
 DESCRIPTION_TAG = "mlflow.note.content"
+
+mlflow = lazy_module("mlflow")  # imported on first use (taoflow.core.lazy)
 
 
 def _rounds_word(rounds: int) -> str:

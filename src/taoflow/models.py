@@ -21,17 +21,17 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-
+from taoflow.core.lazy import lazy_module
 from taoflow.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# imported on first use (taoflow.core.lazy): stages import Policy without paying for torch
+torch = lazy_module("torch")
+transformers = lazy_module("transformers")
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def gguf_to_folder(gguf: Path, out_dir: Path, lineage: dict[str, Any]) -> Path:
     its config and state dict first.
     """
     logger.info("Converting %s into %s (once)", gguf.name, out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     config = loaded.config
@@ -145,7 +145,7 @@ def resolve_model_path(ref: str, cache_dir: str | Path = "data/06_models") -> st
 
 def load_tokenizer(path: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
     """Tokenizer ready for batched generation: left padding and a pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -167,7 +167,7 @@ def load_policy(
     """Load a model reference as a :class:`Policy` in eval mode."""
     path = resolve_model_path(ref, cache_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as err:  # transformers' "not found / not cached / no access"
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelNotFoundError(

@@ -24,23 +24,24 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from taoflow.cards import policy_card
 from taoflow.config.evaluate import EvaluateParams
 from taoflow.config.promote import PromoteParams
 from taoflow.config.shared import TaskParams
 from taoflow.core.ids import stable_hash
+from taoflow.core.lazy import lazy_module
 from taoflow.core.stats import paired_comparison
 from taoflow.datasets.mlflow_policy import log_policy_model
 from taoflow.generation import policy_fingerprint
 from taoflow.health import promotion_blocked
 from taoflow.models import Policy
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ SCORES_ARTIFACT = "gate/scores.json"
 TAG_PREFIX = "taoflow."
 # content hash of the registered weights: one registry version per distinct policy
 POLICY_FINGERPRINT_TAG = f"{TAG_PREFIX}policy.fingerprint"
+
+mlflow = lazy_module("mlflow")  # imported on first use (taoflow.core.lazy)
 
 
 @dataclass
@@ -89,7 +92,7 @@ def current_champion(client: MlflowClient, name: str) -> Champion | None:
     """The version holding ``@champion`` (None when the model or alias does not exist yet)."""
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except mlflow.exceptions.MlflowException:
         return None
     scores = None
     if version.run_id:
@@ -279,7 +282,7 @@ def register_and_gate(
             "The registry gate needs an active MLflow run (kedro-mlflow opens one per `kedro "
             "run`); MLflow tracking is disabled for this pipeline."
         )
-    client = MlflowClient()  # the active run's tracking/registry URIs
+    client = mlflow.tracking.MlflowClient()  # the active run's tracking/registry URIs
     weights = policy_fingerprint(policy)
     existing = registered_version(client, name, weights)
     if existing is not None:
@@ -341,7 +344,7 @@ def registered_version(client: MlflowClient, name: str, weights: str) -> Any | N
     """The version of ``name`` already holding a policy with fingerprint ``weights``, if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
+    except mlflow.exceptions.MlflowException:
         return None
     same = [v for v in versions if (v.tags or {}).get(POLICY_FINGERPRINT_TAG) == weights]
     return min(same, key=lambda v: int(v.version)) if same else None

@@ -1,4 +1,5 @@
-"""``reuse``: work done once. A yardstick training whose inputs did not change is loaded back.
+"""``reuse``: work done once. A training (yardstick or TAO round) whose inputs did not change is
+loaded back.
 
 The cache key hashes everything that decides the result (base weights and lineage, training
 examples, resolved trainer settings, seed, the training code and library versions), so any

@@ -11,7 +11,12 @@ set in YAML keeps TRL's own default (nothing here mirrors one).
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import json
+import os
+import sys
 from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, create_model, model_validator
@@ -44,18 +49,70 @@ def dataclass_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
+# The library config classes whose field names the passthrough blocks accept.
+FIELD_SOURCES: dict[str, str] = {
+    **{algorithm: f"trl:{name}" for algorithm, name in TRL_CONFIGS.items()},
+    "trainer": "transformers:TrainingArguments",
+    "lora": "peft:LoraConfig",
+}
+
+
+def _library_class(source: str) -> type:
+    import importlib
+
+    module, name = source.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _fields_cache_file() -> Path:
+    """One file per (TRL, transformers, PEFT versions, environment): an upgrade misses."""
+    versions = []
+    for library in ("trl", "transformers", "peft"):
+        try:
+            versions.append(f"{library}={importlib.metadata.version(library)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{library}=absent")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taoflow"
+    return root / f"config-fields-{stable_hash([versions, sys.prefix, FIELD_SOURCES])}.json"
+
+
+@cache
+def library_fields() -> dict[str, list[str]]:
+    """Field names of the library config classes (``FIELD_SOURCES``), cached on disk.
+
+    Reading them means importing TRL (and so transformers and torch), seconds that every
+    ``kedro`` command would pay to validate ``train``; the names only change with the
+    libraries' versions, which key the cache file.
+    """
+    path = _fields_cache_file()
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    fields = {
+        key: sorted(dataclass_fields(_library_class(source)))
+        for key, source in FIELD_SOURCES.items()
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(fields))
+        tmp.replace(path)
+    except OSError:  # a read-only home: computed again next time
+        pass
+    return fields
+
+
 @cache
 def trl_field_names(algorithm: str) -> frozenset[str]:
-    return frozenset(dataclass_fields(trl_config_class(algorithm)))
+    return frozenset(library_fields()[algorithm])
 
 
 @cache
 def trainer_field_names() -> frozenset[str]:
     """``train.trainer`` keys: TrainingArguments fields + what all offline TRL configs share."""
-    from transformers import TrainingArguments
-
     offline = frozenset.intersection(*(trl_field_names(a) for a in ("dpo", "rft", "kto")))
-    return frozenset(dataclass_fields(TrainingArguments)) | offline
+    return frozenset(library_fields()["trainer"]) | offline
 
 
 def trl_default(cls: type, name: str) -> Any:
@@ -145,11 +202,9 @@ class _LoraBase(Passthrough):
 
 @cache
 def _peft_lora_fields() -> frozenset[str]:
-    from peft import LoraConfig
-
     # Named by us (r / alpha / dropout / target_modules) or set by taoflow (task_type).
     ours = {"r", "lora_alpha", "lora_dropout", "target_modules", "task_type"}
-    return frozenset(dataclass_fields(LoraConfig)) - ours
+    return frozenset(library_fields()["lora"]) - ours
 
 
 TrainerParams = passthrough_model(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
+import importlib.util
 import json
 import random
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -29,10 +33,54 @@ def derive_seed(*parts: Any) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch; CPU runs are then bit-reproducible."""
+    """Seed Python, NumPy and torch; CPU runs are then bit-reproducible.
+
+    torch is seeded now if it is imported, else the moment it is (:class:`_SeedOnImport`): a
+    run seeds before its first node without paying seconds of torch import for nodes that
+    never use it, and torch's first draw comes from the same state either way.
+    """
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+    else:
+        _SeedOnImport.arm(seed)
+
+
+class _SeedOnImport(importlib.abc.MetaPathFinder):
+    """Seeds torch right after its import (armed by :func:`seed_everything`; one at a time)."""
+
+    seed: int | None = None
+
+    @classmethod
+    def arm(cls, seed: int) -> None:
+        cls.seed = seed
+        if not any(isinstance(f, cls) for f in sys.meta_path):
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "torch" or type(self).seed is None:
+            return None
+        sys.meta_path.remove(self)  # let the normal finders locate torch
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, seed = spec.loader, type(self).seed
+        type(self).seed = None
+
+        class _Seeding(importlib.abc.Loader):
+            def create_module(self, spec: Any) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                loader.exec_module(module)
+                module.manual_seed(seed)
+
+            def __getattr__(self, attr: str) -> Any:  # get_source, is_package, ...
+                return getattr(loader, attr)
+
+        spec.loader = _Seeding()
+        return spec
 
 
 def frame_hash(frame: pd.DataFrame) -> str:

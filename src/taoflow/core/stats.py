@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as _stats
+
+from taoflow.core.lazy import lazy_module
+
+_stats = lazy_module("scipy.stats")  # imported on first use: SciPy is seconds of start-up
 
 
 @dataclass(frozen=True)

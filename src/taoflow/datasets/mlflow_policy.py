@@ -17,13 +17,13 @@ import json
 import logging
 from typing import Any
 
-import mlflow
-
 from taoflow.cards import policy_card
+from taoflow.core.lazy import lazy_module
 from taoflow.datasets.policy import PolicyDataset
 from taoflow.models import Policy
 
 logger = logging.getLogger(__name__)
+mlflow = lazy_module("mlflow")  # imported on first use (taoflow.core.lazy)
 
 # What MLflow shows as the model's input example (and its serving example).
 CHAT_INPUT_EXAMPLE: dict[str, Any] = {

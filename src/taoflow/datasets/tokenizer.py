@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kedro.io import AbstractDataset, DatasetError
-from transformers import PreTrainedTokenizerBase
 
 from taoflow.core.files import atomic_path
 from taoflow.models import load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+else:  # resolvable by Kedro's type-hint checks without importing transformers at start-up
+    PreTrainedTokenizerBase = Any
 
 
 class TokenizerDataset(AbstractDataset[PreTrainedTokenizerBase, PreTrainedTokenizerBase]):

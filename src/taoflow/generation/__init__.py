@@ -5,6 +5,8 @@ the same output contract; ``sampling`` draws each row from its own generator; ``
 the row contract of sampled completions.
 """
 
+from typing import Any
+
 from taoflow.generation.candidates import CANDIDATE_COLUMNS, candidate_record
 from taoflow.generation.engine import (
     BACKENDS,
@@ -16,7 +18,16 @@ from taoflow.generation.engine import (
     stop_token_ids,
 )
 from taoflow.generation.fingerprint import policy_fingerprint
-from taoflow.generation.sampling import SeededSampler
+
+
+def __getattr__(name: str) -> Any:
+    """``SeededSampler`` subclasses a transformers class: imported only when asked for."""
+    if name == "SeededSampler":
+        from taoflow.generation.sampling import SeededSampler
+
+        return SeededSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",

@@ -26,18 +26,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
-from transformers import (
-    GenerationConfig,
-    LogitsProcessorList,
-)
 
 from taoflow.core.ids import derive_seed
+from taoflow.core.lazy import lazy_module
 from taoflow.generation.chat import render_chat_ids, special_token_texts
-from taoflow.generation.sampling import SeededSampler
-from taoflow.generation.streaming import RowStreamer
 from taoflow.models import Policy
+
+# imported on first use (taoflow.core.lazy): importing a stage's nodes stays cheap
+torch = lazy_module("torch")
+transformers = lazy_module("transformers")
 
 BACKENDS = ("transformers", "vllm")
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
@@ -344,6 +342,9 @@ def _generate_batch(
     Rows sample from their own generators (kept across chunks), so results do not depend on
     either saving. ``on_token(row, token_id)`` sees each row's tokens as they are decoded.
     """
+    from taoflow.generation.sampling import SeededSampler  # subclasses of transformers classes
+    from taoflow.generation.streaming import RowStreamer
+
     tokenizer, model = policy.tokenizer, policy.model
     device = model.device
     unique: dict[tuple[int, ...], int] = {}
@@ -369,7 +370,7 @@ def _generate_batch(
         produced = 0
         while active and produced < max_new_tokens:
             steps = min(chunk_tokens, max_new_tokens - produced)
-            config = GenerationConfig(
+            config = transformers.GenerationConfig(
                 do_sample=False,  # sampling happens in SeededSampler; argmax follows its choice
                 max_new_tokens=steps,
                 eos_token_id=stops,
@@ -388,7 +389,7 @@ def _generate_batch(
                 attention_mask=mask,
                 cache=cache,
                 generation_config=config,
-                logits_processor=LogitsProcessorList(sampler),
+                logits_processor=transformers.LogitsProcessorList(sampler),
                 streamer=RowStreamer(active, stop_set, on_token) if on_token else None,
             )
             new = out.sequences[:, ids.shape[1] :]

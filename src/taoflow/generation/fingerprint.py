@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
 from taoflow.core.ids import stable_hash
+from taoflow.core.lazy import lazy_module
 from taoflow.models import Policy
+
+torch = lazy_module("torch")  # imported on first use (taoflow.core.lazy)
 
 
 def policy_fingerprint(policy: Policy) -> str:

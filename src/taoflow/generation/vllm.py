@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from taoflow.core.ids import derive_seed
+from taoflow.core.lazy import lazy_module
 from taoflow.models import Policy
+
+torch = lazy_module("torch")  # imported on first use (taoflow.core.lazy)
 
 
 def _model_path(policy: Policy) -> str:

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from taoflow.core.lazy import inference_mode, lazy_module
 from taoflow.scoring.base import ScoreResult
+
+torch = lazy_module("torch")  # imported on first use (taoflow.core.lazy)
 
 
 class RewardModelScorer:
@@ -81,7 +83,7 @@ class RewardModelScorer:
             for messages, completion in zip(frame["messages"], frame["completion"], strict=True)
         ]
 
-    @torch.inference_mode()
+    @inference_mode
     def score(self, frame: pd.DataFrame) -> ScoreResult:
         texts = self.chats(frame)
         # Batches of similar length waste little compute on padding; scores go back in order.

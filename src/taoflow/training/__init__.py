@@ -8,9 +8,14 @@
 * :mod:`~taoflow.training.checkpoints` — checkpoint folder, run key, resume, cleanup.
 
 The ``train`` block's model is :class:`taoflow.config.train.TrainParams`.
+
+``callbacks`` and ``trainers`` (transformers and TRL classes) are imported on first use of
+one of their names, so stages that only build examples start without TRL.
 """
 
-from taoflow.training.callbacks import CollapseEarlyStopping, StepMetricsCallback
+from importlib import import_module
+from typing import Any
+
 from taoflow.training.checkpoints import (
     RUN_FILE,
     checkpoint_dir,
@@ -33,14 +38,24 @@ from taoflow.training.examples import (
 )
 from taoflow.training.gates import GateOutcome, apply_gates, judge_agrees
 from taoflow.training.rewards import ScoreFn, make_grpo_reward, scoring_reward_fn
-from taoflow.training.trainers import (
-    build_trainer,
-    check_lora_targets,
-    lora_config,
-    peak_rss_mb,
-    train_policy,
-    trl_config,
-)
+
+_LAZY = {
+    "CollapseEarlyStopping": "callbacks",
+    "StepMetricsCallback": "callbacks",
+    "build_trainer": "trainers",
+    "check_lora_targets": "trainers",
+    "lora_config": "trainers",
+    "peak_rss_mb": "trainers",
+    "train_policy": "trainers",
+    "trl_config": "trainers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"taoflow.training.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BUILDERS",

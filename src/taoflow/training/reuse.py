@@ -1,5 +1,8 @@
 """Work done once: a training whose inputs did not change is loaded from a cache, not redone.
 
+Used by the yardsticks (sft_oracle, judge_distill) and by each TAO round's training (the train
+node; :func:`round_key_parts` adds what a round depends on beyond the parts below).
+
 The key is a hash of everything that decides the trained weights:
 
 - the input policy: a hash of every weight's bytes (not the cheap
@@ -33,15 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.train import TrainParams
 from taoflow.core.files import atomic_path
 from taoflow.core.ids import frame_hash, source_hash, stable_hash
+from taoflow.core.lazy import lazy_module
 from taoflow.models import Policy, load_policy, save_policy
 
 logger = logging.getLogger(__name__)
+torch = lazy_module("torch")  # imported on first use (taoflow.core.lazy)
 
 ENTRY_FILE = "reuse.json"
 # The code whose edits could change a training's result (hashed by source).
@@ -119,6 +123,42 @@ def training_key(
     return stable_hash(parts, 24), parts
 
 
+def round_key_parts(  # noqa: PLR0913, PLR0917 - what decides a TAO round's training
+    round_: int,
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    settings: TrainParams,
+    task: Any,
+    score: Any,
+    reference: Policy | None,
+) -> dict[str, Any]:
+    """What a TAO round's training depends on beyond :func:`training_key`'s common parts.
+
+    The scored rows (their hash is in the trained policy's lineage), the round, the task, the
+    train stage's own code and, when set, DPO's fixed reference; GRPO also scores its own
+    completions, so its prompts, the score block and the scoring code count too.
+    """
+    parts: dict[str, Any] = {
+        "round": int(round_),
+        "scored": frame_hash(scored),
+        "task": stable_hash(_plain(task), 32),
+        "stage_code": source_hash("taoflow.pipelines.train"),
+        "reference": weights_hash(reference) if reference is not None else None,
+    }
+    if settings.algorithm == "grpo":
+        parts.update(
+            prompts=frame_hash(prompts),
+            score=stable_hash(_plain(score), 32),
+            scoring_code=source_hash("taoflow.scoring", "taoflow.config.score"),
+        )
+    return parts
+
+
+def _plain(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
+
+
 def _entry(params: ReuseParams, stage: str, key: str) -> Path:
     return Path(params.cache_dir) / stage / key
 
@@ -183,11 +223,14 @@ def reuse_or_train(
     seed: int,
     step: int,
     extra: dict[str, Any] | None = None,
+    folder: str | None = None,
 ) -> Trained:
     """``train()``'s (policy, metrics), or the cached ones when the key matches.
 
     Metrics gain ``reuse.<stage>`` (1: loaded from the cache, 0: trained) at ``step``; the
-    policy's lineage gains ``reuse_key`` (the run hook tags the MLflow run with it).
+    policy's lineage gains ``reuse_key`` (the run hook tags the MLflow run with it). ``folder``
+    (default: ``stage``) names the cache folder whose ``keep`` latest entries survive: one per
+    TAO round, so a run's later rounds never prune its earlier ones.
     """
     if not params.enabled:
         return train()
@@ -199,16 +242,18 @@ def reuse_or_train(
         seed=seed,
         extra=extra,
     )
-    path = _entry(params, stage, key)
+    path = _entry(params, folder or stage, key)
     cached = None if params.force else load_cached(path, base_model)
     if cached is not None:
         policy, metrics = cached
-        logger.info("%s: inputs unchanged, reusing the training cached at %s", stage, path)
+        logger.info(
+            "%s: inputs unchanged, reusing the training cached at %s", folder or stage, path
+        )
         (path / ENTRY_FILE).touch()  # most recently used: pruned last
         hit = 1.0
     else:
         why = "forced (reuse.force)" if params.force else "no cached training with this key"
-        logger.info("%s: training (%s; key %s)", stage, why, key)
+        logger.info("%s: training (%s; key %s)", folder or stage, why, key)
         policy, metrics = train()
         policy.lineage["reuse_key"] = key
         store(path, policy, metrics, parts)

@@ -25,7 +25,14 @@ from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
 from taoflow.training.examples import prompt_messages
 from taoflow.training.reuse import reuse_or_train
-from taoflow.training.trainers import train_policy
+
+
+def train_policy(*args: Any, **kwargs: Any) -> Any:
+    """:func:`taoflow.training.trainers.train_policy`, imported on first call (TRL is heavy)."""
+    from taoflow.training.trainers import train_policy as run
+
+    return run(*args, **kwargs)
+
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from taoflow.config.ingest import IngestParams, TraceParams
 from taoflow.core.ids import stable_hash
@@ -22,6 +21,11 @@ from taoflow.datasets.mlflow_traces import FEEDBACK_SHARD_PREFIX
 from taoflow.errors import UserError
 from taoflow.generation.chat import holds_special_text, render_chat_ids, special_token_texts
 from taoflow.pipelines.ingest.cleaning import TokenCounter, clean_rows
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+else:  # resolvable by Kedro's type-hint checks without importing transformers at start-up
+    PreTrainedTokenizerBase = Any
 
 logger = logging.getLogger(__name__)
 

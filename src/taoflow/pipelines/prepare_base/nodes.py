@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from taoflow.config.shared import ModelParams
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy, load_policy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+else:  # resolvable by Kedro's type-hint checks without importing transformers at start-up
+    PreTrainedTokenizerBase = Any
 
 
 def prepare_base_model(

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from taoflow.config.reward_model import RewardModelParams, RewardTrainingParams
 from taoflow.core.ids import seed_everything, stable_hash
+from taoflow.core.lazy import inference_mode, lazy_module
 from taoflow.core.text import as_messages, coerce_messages, dedup_key
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.datasets.reward_model import RewardModel
@@ -56,6 +56,8 @@ ENCODER_CHAT_TEMPLATE = (
     "{{ message['role'] }}: {{ message['content'] }}{{ '__SEP__' }}"
     "{% endfor %}"
 )
+
+torch = lazy_module("torch")  # imported on first use (taoflow.core.lazy)
 
 
 def _empty_pairs() -> pd.DataFrame:
@@ -245,7 +247,7 @@ def _conversations(pairs: pd.DataFrame, which: str) -> list[list[dict[str, str]]
     ]
 
 
-@torch.inference_mode()
+@inference_mode
 def reward_scores(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int = 16
 ) -> np.ndarray:

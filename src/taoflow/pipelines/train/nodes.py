@@ -13,19 +13,19 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.reuse import ReuseParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
 from taoflow.core.ids import frame_hash
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
 from taoflow.training import (
-    CollapseEarlyStopping,
     build_gated_examples,
     check_lineage,
     make_grpo_reward,
     scoring_reward_fn,
-    train_policy,
 )
+from taoflow.training.reuse import reuse_or_train, round_key_parts
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def train(  # keyword-only: wired by name in pipeline.py
     seed: int,
     task: TaskParams,
     score: Any,
+    reuse: ReuseParams | None = None,
     reference_policy: Policy | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """Train ``input_policy`` on the examples with the configured TRL trainer (resumable).
@@ -90,7 +91,49 @@ def train(  # keyword-only: wired by name in pipeline.py
     with ``train.dpo_reference: initial`` in rounds after the first) is DPO's fixed reference. The input policy's model is trained in
     place (the catalog loads a fresh copy per run). Returns the policy and the metrics: run
     numbers (``train.*``, step = round) and per-step curves (``train.round_<k>.*``).
+
+    With ``reuse`` enabled, a round whose inputs all match a cached training (starting weights
+    and lineage, examples, scored rows, resolved ``train`` block, seed, code) is loaded instead
+    (:func:`taoflow.training.reuse.reuse_or_train`; metric ``reuse.train`` at step = round).
     """
+    round_ = check_lineage(scored, input_policy.lineage)
+    reference = reference_policy if train.reference_is_initial else None
+
+    def run() -> tuple[Policy, dict[str, Any]]:
+        return _train_round(
+            train_examples, scored, prompts, input_policy, train, int(seed), task, score, reference
+        )
+
+    if reuse is None:
+        return run()
+    return reuse_or_train(
+        "train",
+        reuse,
+        run,
+        base_model=input_policy,
+        examples=train_examples,
+        settings=train,
+        seed=int(seed),
+        step=round_,
+        extra=round_key_parts(round_, scored, prompts, train, task, score, reference),
+        folder=f"round_{round_}.train",
+    )
+
+
+def _train_round(  # noqa: PLR0913, PLR0917 - the node's inputs, passed on
+    train_examples: pd.DataFrame,
+    scored: pd.DataFrame,
+    prompts: pd.DataFrame,
+    input_policy: Policy,
+    train: TrainParams,
+    seed: int,
+    task: TaskParams,
+    score: Any,
+    reference: Policy | None,
+) -> tuple[Policy, dict[str, Any]]:
+    """One round's training (what :func:`train` runs when nothing cached matches)."""
+    from taoflow.training import CollapseEarlyStopping, train_policy  # TRL: imported here
+
     round_ = check_lineage(scored, input_policy.lineage)
     data_hashes = {"scored": frame_hash(scored), "train_examples": frame_hash(train_examples)}
     scorer = reward_fn = stopper = None
@@ -107,12 +150,12 @@ def train(  # keyword-only: wired by name in pipeline.py
             input_policy,
             train_examples,
             train,
-            seed=int(seed),
+            seed=seed,
             round_=round_,
             data_hashes=data_hashes,
             reward_fn=reward_fn,
             callbacks=callbacks,
-            reference=reference_policy if train.reference_is_initial else None,
+            reference=reference,
         )
     finally:
         if scorer is not None:

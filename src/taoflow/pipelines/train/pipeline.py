@@ -10,6 +10,7 @@ SHARED_PARAMETERS = {
     "params:seed": "params:seed",
     "params:task": "params:task",
     "params:score": "params:score",
+    "params:reuse": "params:reuse",
 }
 
 
@@ -39,6 +40,7 @@ def create_template(reference: bool = False, **kwargs) -> Pipeline:
                     "seed": "params:seed",
                     "task": "params:task",
                     "score": "params:score",
+                    "reuse": "params:reuse",
                     **extra,
                 },
                 outputs=["policy", "train_metrics"],
