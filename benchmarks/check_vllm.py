@@ -86,6 +86,9 @@ def main() -> int:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.1)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--model", default=str(MODEL), help="HF model folder")
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start)"
+    )
     args = parser.parse_args()
 
     if not Path(args.model, "config.json").is_file():
@@ -95,6 +98,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    import torch
     from vllm.platforms import current_platform
 
     from taoflow.config.generate import VllmEngineParams
@@ -104,7 +108,9 @@ def main() -> int:
 
     policy = load_policy(args.model)
     engine = VllmEngineParams(
-        gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
     )
     chats = load_prompts(args.prompts)
     stops = set(stop_token_ids(policy))
@@ -116,7 +122,11 @@ def main() -> int:
         "max_new_tokens": args.max_new_tokens,
         "seed": 7,
     }
-    print(f"platform: {current_platform.device_name}; torch threads: {os.cpu_count()} cores")
+    # vLLM's CPU worker keeps one core for its engine process: transformers gets the same share
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    print(
+        f"platform: {current_platform.device_name}; transformers threads: {torch.get_num_threads()}"
+    )
 
     timings: list[tuple[str, str, int, int, float]] = []
     results: dict[str, dict[str, list]] = {"transformers": {}, "vllm": {}}

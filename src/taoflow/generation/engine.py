@@ -22,6 +22,7 @@ used only when selected and fails with a clear message when vLLM is missing.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -392,7 +393,7 @@ def _generate_batch(
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                cache=cache,
+                **_cache_argument(model, cache),
                 generation_config=config,
                 logits_processor=LogitsProcessorList(sampler),
                 streamer=RowStreamer(active, stop_set, on_token) if on_token else None,
@@ -461,12 +462,18 @@ def _shared_prefill(model: Any, padded: Any, gather: torch.Tensor) -> tuple[Any,
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
             position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_(min=0),
-            cache=cache,
+            **_cache_argument(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
         cache.batch_select_indices(gather)
     return cache, ids[gather], mask[gather]
+
+
+def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """``cache=``, or ``past_key_values=`` in transformers < 5.20 (what vLLM's extras pin)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _chosen_logprobs(new: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:
