@@ -177,6 +177,11 @@ def test_vllm_greedy_decodes_once_per_conversation_and_repeats(tiny_policy, fake
     assert llm.settings["dtype"] == "float32" and llm.settings["logprobs_mode"] == "raw_logprobs"
 
 
+def test_nothing_to_generate_starts_no_engine(tiny_policy, fake_vllm):
+    out = generate_completions(tiny_policy, CHATS, backend="vllm", num_return_sequences=0)
+    assert out == [[], [], []] and not backend._VLLM_ENGINES
+
+
 def test_one_engine_per_model_folder_rebuilt_when_its_weights_change(tmp_path, fake_vllm):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):

@@ -108,14 +108,17 @@ def generate_vllm(
 
     from taoflow.generation.engine import render_prompts, stop_token_ids
 
-    llm = vllm_engine(LLM, _model_path(policy), engine_settings(engine, policy))
-    prompts = render_prompts(policy, conversations)
-    stops = stop_token_ids(policy)
     rows = [
         (i, j, derive_seed(seeds[i], j))
         for i, count in enumerate(counts)
         for j in range(1 if greedy and count else count)
     ]
+    results: list[list[dict]] = [[] for _ in counts]
+    if not rows:
+        return results
+    llm = vllm_engine(LLM, _model_path(policy), engine_settings(engine, policy))
+    prompts = render_prompts(policy, conversations)
+    stops = stop_token_ids(policy)
     params = [
         SamplingParams(
             n=1,
@@ -131,8 +134,7 @@ def generate_vllm(
         for _, _, row_seed in rows
     ]
     requests = [TokensPrompt(prompt_token_ids=list(prompts[i])) for i, _, _ in rows]
-    outputs = llm.generate(requests, params, use_tqdm=bool(progress)) if rows else []
-    results: list[list[dict]] = [[] for _ in counts]
+    outputs = llm.generate(requests, params, use_tqdm=bool(progress))
     for (i, _, row_seed), request in zip(rows, outputs, strict=True):
         sample = _sample(policy.tokenizer, request.outputs[0], set(stops))
         sample["seed"] = row_seed
