@@ -51,7 +51,9 @@ class VllmEngineParams(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights' dtype in the engine; auto: the policy's (model.dtype)"
     )
-    enforce_eager: bool = Field(False, description="no CUDA graphs: faster start, slower decode")
+    enforce_eager: bool = Field(
+        False, description="no torch.compile / CUDA graphs: faster start, slower decode"
+    )
     max_num_seqs: int | None = Field(
         None, ge=1, description="sequences decoded together; None: vLLM's"
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from taoflow.config.generate import GenerateParams
 from taoflow.config.judge import JudgeParams
 from taoflow.core.ids import stable_hash
 from taoflow.scoring.judge import chat_content
@@ -70,7 +71,7 @@ class JudgeRunner:
         reference: dict[str, Any],
         judge: JudgeParams,
         credentials: dict[str, Any] | None,
-        generate: Any = None,
+        generate: GenerateParams | None = None,
     ):
         """``generate``: ``params:generate``, whose ``backend`` a local judge generates through."""
         self.reference, self.judge = dict(reference), judge
