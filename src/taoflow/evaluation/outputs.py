@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.evaluate import EvaluateParams
+from taoflow.config.generate import GenerateParams
 from taoflow.config.shared import TaskParams
 from taoflow.core.ids import derive_seed, stable_hash
 from taoflow.evaluation.benchmarks import MODEL_NAME, benchmark_items, source_table
@@ -39,6 +40,7 @@ def _generate_shard(
     mode: str,
     settings: dict[str, Any],
     seed: int,
+    engine: Any = None,
 ) -> Callable[[], pd.DataFrame]:
     def compute() -> pd.DataFrame:
         from taoflow.generation import generate_completions
@@ -56,6 +58,8 @@ def _generate_shard(
             seed=seed,
             token_budget=settings["token_budget"],
             progress=f"evaluate {model} {benchmark} {mode}",
+            backend=settings.get("backend", "transformers"),
+            engine=engine,
         )
         rows = []
         for item, samples in zip(items.itertuples(index=False), results, strict=True):
@@ -89,6 +93,7 @@ def generate_eval_outputs(
     *,
     model_name: str,
     sources: dict[str, pd.DataFrame],
+    generate: GenerateParams | None = None,
 ) -> dict[str, Callable[[], pd.DataFrame]]:
     """One model's evaluation generations as lazy shards (``ResumablePartitionedDataset``).
 
@@ -97,12 +102,17 @@ def generate_eval_outputs(
     Seeds depend on the benchmark, mode and chunk, never on the model, so every model sees the
     same sampling noise. Shard ids hash the model's weights, settings and items: a retrained
     policy or a changed configuration never reuses a stale shard, an unchanged one resumes.
+    ``generate`` (``params:generate``; None: transformers) picks the backend: a vLLM shard's key
+    names its backend (its samples differ), a transformers one keeps its key.
     """
     from taoflow.generation import policy_fingerprint
 
     if not MODEL_NAME.match(model_name):
         raise ValueError(f"model display name {model_name!r}: letters, digits, underscores only")
     settings = params.sampling()
+    backend = generate.backend if generate is not None else "transformers"
+    if backend != "transformers":
+        settings["backend"] = backend
     fingerprint = policy_fingerprint(policy)
     shards: dict[str, Callable[[], pd.DataFrame]] = {}
     for spec in params.enabled_benchmarks:
@@ -133,6 +143,7 @@ def generate_eval_outputs(
                     mode=mode,
                     settings=settings,
                     seed=chunk_seed,
+                    engine=generate.vllm if generate is not None else None,
                 )
     return shards
 

@@ -17,11 +17,12 @@ Why it exists rather than calling ``model.generate`` directly:
   and no second forward pass.
 
 The optional vLLM backend (:mod:`taoflow.generation.vllm`) has the same output contract; it is
-used only when selected and fails with a clear message when vLLM or a GPU is missing.
+used only when selected and fails with a clear message when vLLM is missing.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -157,6 +158,7 @@ def generate_completions(
     backend: str = "transformers",
     chunk_tokens: int = 4,
     on_token: Callable[[int, int, int], None] | None = None,
+    engine: Any = None,
 ) -> list[list[dict]]:
     """Sample completions for chat conversations, batched for throughput.
 
@@ -177,6 +179,9 @@ def generate_completions(
     ``on_token(conversation, sample, token_id)``: called from the generating thread with each
     decoded token as it is produced (stop tokens excluded; greedy reports sample 0 only), for
     streaming; it only observes, so the results are the same with or without it.
+    ``backend``: ``transformers`` (this module) or ``vllm`` (:mod:`taoflow.generation.vllm`, the
+    same contract); ``engine`` is the vLLM engine's settings (``generate.vllm``, a
+    :class:`~taoflow.config.generate.VllmEngineParams`; None: its defaults).
     """
     _check_arguments(
         backend=backend,
@@ -208,6 +213,8 @@ def generate_completions(
             top_p=top_p,
             top_k=top_k,
             max_new_tokens=max_new_tokens,
+            engine=engine,
+            progress=progress,
         )
 
     prompts = render_prompts(policy, conversations)
@@ -387,7 +394,7 @@ def _generate_batch(
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                cache=cache,
+                **_cache_argument(model, cache),
                 generation_config=config,
                 logits_processor=transformers.LogitsProcessorList(sampler),
                 streamer=RowStreamer(active, stop_set, on_token) if on_token else None,
@@ -456,12 +463,18 @@ def _shared_prefill(model: Any, padded: Any, gather: torch.Tensor) -> tuple[Any,
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
             position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_(min=0),
-            cache=cache,
+            **_cache_argument(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
         cache.batch_select_indices(gather)
     return cache, ids[gather], mask[gather]
+
+
+def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """``cache=``, or ``past_key_values=`` in transformers < 5.20 (what vLLM's extras pin)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _chosen_logprobs(new: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:

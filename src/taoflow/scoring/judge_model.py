@@ -73,8 +73,13 @@ def reference_rows(
     token_budget: int,
     extractor: Any,
     progress: str | bool = False,
+    backend: str = "transformers",
+    engine: Any = None,
 ) -> list[dict[str, Any]]:
-    """The judge's answer to each conversation (rows of :data:`REFERENCE_COLUMNS`)."""
+    """The judge's answer to each conversation (rows of :data:`REFERENCE_COLUMNS`).
+
+    ``backend`` / ``engine``: as :func:`~taoflow.generation.generate_completions`'s.
+    """
     outputs = generate_completions(
         policy,
         conversations,
@@ -85,6 +90,8 @@ def reference_rows(
         seeds=list(seeds),
         token_budget=token_budget,
         progress=progress,
+        backend=backend,
+        engine=engine,
     )
     rows = []
     for prompt_id, drawn in zip(prompt_ids, outputs, strict=True):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from taoflow.config.generate import GenerateParams
 from taoflow.config.judge import JudgeParams
 from taoflow.core.ids import stable_hash
 from taoflow.scoring.judge import chat_content
@@ -66,9 +67,16 @@ class JudgeRunner:
     """Reference answers and verdicts from the judge a :func:`judge_reference` names."""
 
     def __init__(
-        self, reference: dict[str, Any], judge: JudgeParams, credentials: dict[str, Any] | None
+        self,
+        reference: dict[str, Any],
+        judge: JudgeParams,
+        credentials: dict[str, Any] | None,
+        generate: GenerateParams | None = None,
     ):
+        """``generate``: ``params:generate``, whose ``backend`` a local judge generates through."""
         self.reference, self.judge = dict(reference), judge
+        self.generator = generate.backend if generate is not None else "transformers"
+        self.engine = generate.vllm if generate is not None else None
         self.name = str(reference["name"])
         entry = (credentials or {}).get(judge.http.credentials_key, credentials or {})
         self.api_key = entry.get("api_key") if isinstance(entry, dict) else None
@@ -122,6 +130,8 @@ class JudgeRunner:
                 token_budget=j.token_budget,
                 extractor=extractor,
                 progress=progress,
+                backend=self.generator,
+                engine=self.engine,
             )
         from taoflow.core.ids import derive_seed
 

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.evaluate import EvaluateParams
+from taoflow.config.generate import GenerateParams
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.evaluation import best_of_n, outputs, report, results, scoring
 from taoflow.evaluation.benchmarks import as_task
@@ -30,13 +31,23 @@ def generate_eval_outputs(
     params: EvaluateParams,
     task: Any,
     seed: int,
+    generate: GenerateParams,
     *,
     model_name: str,
     **sources: pd.DataFrame,
 ) -> dict[str, Callable[[], pd.DataFrame]]:
-    """One model's completions on every benchmark item, as lazy resumable shards."""
+    """One model's completions on every benchmark item, as lazy resumable shards.
+
+    ``generate.backend`` (and ``generate.vllm``) picks the generation backend, as for candidates.
+    """
     return outputs.generate_eval_outputs(
-        policy, params, as_task(task), seed, model_name=model_name, sources=sources
+        policy,
+        params,
+        as_task(task),
+        seed,
+        model_name=model_name,
+        sources=sources,
+        generate=generate,
     )
 
 

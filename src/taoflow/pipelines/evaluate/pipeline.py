@@ -49,7 +49,7 @@ def _generation_nodes(models: dict[str, str], sources: dict[str, str]) -> list:
     return [
         node(
             _bind(generate_eval_outputs, model_name=name),
-            inputs={"policy": dataset, **COMMON, **sources},
+            inputs={"policy": dataset, **COMMON, "generate": "params:generate", **sources},
             outputs=f"eval_outputs_{name}",
             name=f"evaluate_generate_{name}",
         )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taoflow.config.generate import GenerateParams
 from taoflow.config.judge import JudgeParams
 from taoflow.config.shared import TaskParams
 from taoflow.core.answers import extract_answer, normalize_answer
@@ -65,8 +66,13 @@ def judge_reference_shards(
     task: TaskParams,
     seed: int,
     credentials: dict[str, Any] | None,
+    generate: GenerateParams | None = None,
 ) -> dict[str, Callable[[], pd.DataFrame]]:
-    """Plan the judge's answer to every unique prompt (train and holdout), lazily per shard."""
+    """Plan the judge's answer to every unique prompt (train and holdout), lazily per shard.
+
+    A local judge generates through ``generate.backend`` (and ``generate.vllm``), the switch
+    candidates and evaluation use; None: transformers.
+    """
     unique = _unique_prompts(prompts)
     system = judge.prompt.system_prompt
     chats = [
@@ -87,7 +93,9 @@ def judge_reference_shards(
         "token_budget": judge.token_budget,
         "answer": task.answer.model_dump(),
     }
-    runner = JudgeRunner(judge_model, judge, credentials)
+    runner = JudgeRunner(judge_model, judge, credentials, generate=generate)
+    if judge_model["backend"] != "http" and runner.generator != "transformers":
+        key["generator"] = runner.generator  # only then: transformers shards keep their ids
     shards: dict[str, Callable[[], pd.DataFrame]] = {}
     for chunk in content_chunks(ids, judge.shard_size):
         items = [[ids[i], chats[i]] for i in chunk]

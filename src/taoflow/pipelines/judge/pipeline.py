@@ -41,6 +41,7 @@ def create_references() -> Pipeline:
                     "task": "params:task",
                     "seed": "params:seed",
                     "credentials": "judge_credentials",
+                    "generate": "params:generate",
                 },
                 outputs="judge_reference_shards",
                 name="judge_reference_shards",
