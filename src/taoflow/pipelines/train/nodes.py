@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.launch import LaunchParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
 from taoflow.core.ids import frame_hash
@@ -80,6 +81,7 @@ def train(  # keyword-only: wired by name in pipeline.py
     task: TaskParams,
     score: Any,
     reference_policy: Policy | None = None,
+    launch: LaunchParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """Train ``input_policy`` on the examples with the configured TRL trainer (resumable).
 
@@ -87,7 +89,9 @@ def train(  # keyword-only: wired by name in pipeline.py
     record its content hash in the new policy's lineage. ``score`` (the score stage's block) and
     ``task`` configure GRPO's reward, so the online path judges completions like the offline one;
     ``train.early_stopping`` arms its collapse guard. ``reference_policy`` (wired only for dpo
-    with ``train.dpo_reference: initial`` in rounds after the first) is DPO's fixed reference. The input policy's model is trained in
+    with ``train.dpo_reference: initial`` in rounds after the first) is DPO's fixed reference.
+    ``launch`` (``mode: accelerate``) runs the trainer in an ``accelerate launch`` child
+    (:mod:`taoflow.training.launch`). The input policy's model is trained in
     place (the catalog loads a fresh copy per run). Returns the policy and the metrics: run
     numbers (``train.*``, step = round) and per-step curves (``train.round_<k>.*``).
     """
@@ -113,6 +117,7 @@ def train(  # keyword-only: wired by name in pipeline.py
             reward_fn=reward_fn,
             callbacks=callbacks,
             reference=reference_policy if train.reference_is_initial else None,
+            launch=launch,
         )
     finally:
         if scorer is not None:

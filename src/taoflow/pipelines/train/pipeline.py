@@ -10,6 +10,7 @@ SHARED_PARAMETERS = {
     "params:seed": "params:seed",
     "params:task": "params:task",
     "params:score": "params:score",
+    "params:launch": "params:launch",
 }
 
 
@@ -39,6 +40,7 @@ def create_template(reference: bool = False, **kwargs) -> Pipeline:
                     "seed": "params:seed",
                     "task": "params:task",
                     "score": "params:score",
+                    "launch": "params:launch",
                     **extra,
                 },
                 outputs=["policy", "train_metrics"],

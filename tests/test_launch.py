@@ -1,0 +1,202 @@
+"""``launch``: the trainer under ``accelerate launch`` (real 2-process DDP on CPU, gloo).
+
+The DDP test runs in the default suite with two steps; ``make check-ddp`` runs this file with
+``TAOFLOW_CHECK_DDP=1``: more steps, dpo with LoRA and kto too, and the sft_oracle and
+reward_model nodes launched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from taoflow.config.base import ParameterError, validate_block
+from taoflow.config.launch import LaunchParams
+from taoflow.config.train import TrainParams
+from taoflow.core.ids import frame_hash
+from taoflow.datasets import PolicyDataset
+from taoflow.models import load_policy
+from taoflow.promotion import LINEAGE_FIELDS
+from taoflow.training import build_examples, check_lineage, train_policy
+from taoflow.training.launch import (
+    RANKS_DIR,
+    LaunchError,
+    accelerate_command,
+    check_ranks,
+    run_job,
+    weights_hash,
+)
+from tests.conftest import PROJECT_ROOT
+from tests.test_train import TASK, make_prompts, make_scored, tiny_params
+
+ACCELERATE_DIR = PROJECT_ROOT / "conf" / "accelerate"
+DDP_CPU = str(ACCELERATE_DIR / "ddp_cpu.yaml")
+FULL_CHECK = os.environ.get("TAOFLOW_CHECK_DDP") == "1"
+STEPS = 8 if FULL_CHECK else 2
+
+
+def test_shipped_accelerate_configs_parse_with_accelerates_loader():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    options = {o for a in launch_command_parser()._actions for o in a.option_strings}
+    expected = {
+        "ddp_cpu": ("MULTI_GPU", True),  # MULTI_GPU + use_cpu: N gloo processes (see its note)
+        "ddp_gpu": ("MULTI_GPU", False),
+        "fsdp": ("FSDP", False),
+        "deepspeed_zero3": ("DEEPSPEED", False),
+    }
+    assert {p.stem for p in ACCELERATE_DIR.glob("*.yaml")} == set(expected)
+    for name, (kind, cpu) in expected.items():
+        config = load_config_from_file(str(ACCELERATE_DIR / f"{name}.yaml"))  # unknown key: error
+        assert (config.distributed_type.value, bool(config.use_cpu)) == (kind, cpu), name
+        assert config.num_processes >= 2
+        # sub-blocks become `accelerate launch` flags: a misspelt one would fail at launch time
+        for block in ("fsdp_config", "deepspeed_config"):
+            for key in getattr(config, block) or {}:
+                assert f"--{key}" in options, f"{name}: {block}.{key} is no launch option"
+    assert load_config_from_file(str(ACCELERATE_DIR / "deepspeed_zero3.yaml")).deepspeed_config[
+        "zero_stage"
+    ] == (3)
+
+
+def test_launch_block_defaults_to_in_process_and_rejects_typos():
+    base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_launch.yml").read_text())
+    launch = validate_block("launch", base["launch"])
+    assert launch == LaunchParams() and not launch.distributed
+    with pytest.raises(ParameterError, match="did you mean 'num_processes'"):
+        validate_block("launch", {"num_process": 2})
+    with pytest.raises(ParameterError, match="launch.mode"):
+        validate_block("launch", {"mode": "torchrun"})
+
+
+def test_accelerate_command_runs_the_child_module_from_this_interpreter(tmp_path):
+    launch = LaunchParams(
+        mode="accelerate", config_file=DDP_CPU, num_processes=3, extra_args=["--quiet"]
+    )
+    command = accelerate_command(launch, tmp_path / "spec.json")
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[command.index("--config_file") + 1] == DDP_CPU
+    assert command[command.index("--num_processes") + 1] == "3"
+    assert int(command[command.index("--main_process_port") + 1]) > 0
+    assert command[-4:] == ["--quiet", "-m", "taoflow.training.launch", str(tmp_path / "spec.json")]
+
+
+def _ranks(tmp_path: Path, reports: list[dict]) -> Path:
+    (tmp_path / RANKS_DIR).mkdir(parents=True)
+    for report in reports:
+        (tmp_path / RANKS_DIR / f"rank_{report['rank']}.json").write_text(json.dumps(report))
+    return tmp_path
+
+
+def test_a_single_process_or_diverged_ranks_are_refused(tmp_path):
+    launch = LaunchParams(mode="accelerate", config_file=DDP_CPU)
+    alone = _ranks(tmp_path / "a", [{"rank": 0, "world_size": 1, "weights_hash": "h"}])
+    with pytest.raises(LaunchError, match=r"ranks \[0\] of world size\(s\) \[1\], not 2"):
+        check_ranks(alone, 2, launch)
+    apart = _ranks(
+        tmp_path / "b",
+        [
+            {"rank": 0, "world_size": 2, "weights_hash": "h0"},
+            {"rank": 1, "world_size": 2, "weights_hash": "h1"},
+        ],
+    )
+    with pytest.raises(LaunchError, match="different weights"):
+        check_ranks(apart, 2, launch)
+    sharded = _ranks(
+        tmp_path / "c",
+        [
+            {"rank": 0, "world_size": 2, "weights_hash": None},
+            {"rank": 1, "world_size": 2, "weights_hash": None},
+        ],
+    )
+    assert check_ranks(sharded, 2, launch)["weights_hash"] is None
+
+
+def test_grpo_is_refused_before_anything_starts(tiny_policy, tmp_path):
+    settings = TrainParams.model_validate(tiny_params(tmp_path, "grpo"))
+    launch = LaunchParams(mode="accelerate", config_file=DDP_CPU, work_dir=str(tmp_path / "w"))
+    with pytest.raises(LaunchError, match="grpo"):
+        train_policy(
+            tiny_policy, make_prompts(), settings, seed=0, round_=1, data_hashes={}, launch=launch
+        )
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_missing_config_file_is_one_clear_error(tmp_path):
+    launch = LaunchParams(mode="accelerate", config_file=str(tmp_path / "nope.yaml"))
+    with pytest.raises(LaunchError, match="is not a file"):
+        run_job(launch, "taoflow.training.launch:policy_job", {}, tmp_path)
+
+
+def test_a_failing_child_gives_one_line_with_its_log_tail(tmp_path):
+    launch = LaunchParams(mode="accelerate", config_file=DDP_CPU, log_tail_lines=5)
+    with pytest.raises(LaunchError) as caught:
+        run_job(launch, "taoflow.no_such_module:job", {}, tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "exited with" in message and "No module named 'taoflow.no_such_module'" in message
+
+
+def _ddp_settings(tmp_path: Path, algorithm: str, **extra) -> TrainParams:
+    params = tiny_params(tmp_path, algorithm, **extra)
+    params["trainer"].update(max_steps=STEPS, per_device_train_batch_size=2)
+    return TrainParams.model_validate(params)
+
+
+DDP_CASES = [("rft", False)] + ([("dpo", True), ("kto", False)] if FULL_CHECK else [])
+
+
+@pytest.mark.parametrize(("algorithm", "lora"), DDP_CASES)
+def test_two_process_ddp_training_on_cpu(algorithm, lora, tiny_model_dir, tmp_path):
+    """A real 2-rank gloo DDP run: world size 2, identical weights, the in-process lineage."""
+    settings = _ddp_settings(tmp_path / "ddp", algorithm, lora={"enabled": lora})
+    scored = make_scored({f"p{i}": [1.0, 0.0, 1.0, 0.0] for i in range(4)})
+    examples, _ = build_examples(scored, make_prompts(), settings, TASK)
+    work = tmp_path / "work"
+    launch = LaunchParams(mode="accelerate", config_file=DDP_CPU, work_dir=str(work))
+    common = {"seed": 0, "round_": 1, "data_hashes": {"scored": frame_hash(scored)}}
+    policy = load_policy(str(tiny_model_dir))
+    before = weights_hash(policy.model)
+    trained, metrics, curves = train_policy(policy, examples, settings, launch=launch, **common)
+
+    reports = [json.loads(p.read_text()) for p in sorted((work / RANKS_DIR).glob("*.json"))]
+    print("ranks:", json.dumps(reports))
+    assert [(r["rank"], r["world_size"], r["backend"]) for r in reports] == [
+        (0, 2, "gloo"),
+        (1, 2, "gloo"),
+    ]
+    assert reports[0]["weights_hash"] == reports[1]["weights_hash"]  # DDP kept them in sync
+    # the policy the parent got is what the ranks trained, not the input
+    assert weights_hash(trained.model) == reports[0]["weights_hash"] != before
+    assert weights_hash(policy.model) == before  # the parent's copy was not trained
+    assert metrics["launch_world_size"] == 2 and metrics["global_step"] == STEPS
+    assert [m["step"] for m in curves["train.round_1.loss"]] == list(range(1, STEPS + 1))
+    assert (trained.adapter is not None) == lora
+
+    # the same lineage as the single-process path, and it passes the same checks
+    single_settings = _ddp_settings(tmp_path / "single", algorithm, lora={"enabled": lora})
+    single, single_metrics, _ = train_policy(
+        load_policy(str(tiny_model_dir)), examples, single_settings, **common
+    )
+    assert single.lineage == trained.lineage
+    assert single_metrics["global_step"] == metrics["global_step"]
+    assert all(trained.lineage.get(k) is not None for k in LINEAGE_FIELDS)
+    assert trained.lineage["config_hash"] == settings.config_hash(0)
+    next_round = make_scored({"p0": [1.0, 0.0]}, round_=2).assign(
+        base_model=trained.lineage["base_model"], policy_name=trained.lineage["name"]
+    )
+    assert check_lineage(next_round, trained.lineage) == 2
+    saved = tmp_path / "policy"
+    PolicyDataset(path=str(saved)).save(trained)
+    reloaded = PolicyDataset(path=str(saved)).load()
+    assert {k: v for k, v in reloaded.lineage.items() if k != "name_or_path"} == trained.lineage
+    assert weights_hash(reloaded.model) == weights_hash(trained.model)
+    assert all(torch.isfinite(p).all() for p in reloaded.model.parameters())
+    print(f"ddp {algorithm}: {json.dumps({k: metrics[k] for k in sorted(metrics)}, default=str)}")
