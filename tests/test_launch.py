@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -29,10 +30,12 @@ from taoflow.training.launch import (
     LaunchError,
     accelerate_command,
     check_ranks,
+    failure_summary,
     run_job,
     weights_hash,
 )
 from tests.conftest import PROJECT_ROOT
+from tests.test_reward_model import tiny_encoder  # noqa: F401 - fixture
 from tests.test_train import TASK, make_prompts, make_scored, tiny_params
 
 ACCELERATE_DIR = PROJECT_ROOT / "conf" / "accelerate"
@@ -135,6 +138,31 @@ def test_a_missing_config_file_is_one_clear_error(tmp_path):
         run_job(launch, "taoflow.training.launch:policy_job", {}, tmp_path)
 
 
+RANK_FAILURE_LOG = """\
+[rank1]: Traceback (most recent call last):
+[rank1]:   File "<frozen runpy>", line 198, in _run_module_as_main
+[rank1]: ValueError: train.lora.target_modules ['q'] match no module
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "/x/taoflow/training/launch.py", line 333, in main
+[rank0]: ValueError: train.lora.target_modules ['q'] match no module
+E1129 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) local_rank: 0
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+"""
+
+
+def test_failure_summary_names_the_ranks_exception_not_torchruns_report(tmp_path):
+    log = tmp_path / "child.log"
+    log.write_text(RANK_FAILURE_LOG)
+    summary = failure_summary(log, 2)
+    assert summary.startswith("ValueError: train.lora.target_modules ['q'] match no module; ")
+    assert summary.endswith("[rank0]: ValueError: train.lora.target_modules ['q'] match no module")
+    assert "ChildFailedError" not in summary and "\n" not in summary
+    log.write_text("")
+    assert failure_summary(log, 2).startswith("no exception in the log")
+
+
+@pytest.mark.skipif(not FULL_CHECK, reason="make check-ddp (TAOFLOW_CHECK_DDP=1)")
 def test_a_failing_child_gives_one_line_with_its_log_tail(tmp_path):
     launch = LaunchParams(mode="accelerate", config_file=DDP_CPU, log_tail_lines=5)
     with pytest.raises(LaunchError) as caught:
@@ -200,3 +228,60 @@ def test_two_process_ddp_training_on_cpu(algorithm, lora, tiny_model_dir, tmp_pa
     assert weights_hash(reloaded.model) == weights_hash(trained.model)
     assert all(torch.isfinite(p).all() for p in reloaded.model.parameters())
     print(f"ddp {algorithm}: {json.dumps({k: metrics[k] for k in sorted(metrics)}, default=str)}")
+
+
+@pytest.mark.skipif(not FULL_CHECK, reason="make check-ddp (TAOFLOW_CHECK_DDP=1)")
+def test_sft_oracle_node_trains_under_ddp(tiny_model_dir, tmp_path):
+    from taoflow.config.sft_oracle import SftOracleParams
+    from taoflow.pipelines.sft_oracle.nodes import train_sft_oracle
+
+    examples = pd.DataFrame(
+        {
+            "prompt_id": [f"p{i}" for i in range(4)],
+            "prompt": [[{"role": "user", "content": f"What is {i} + 3?"}] for i in range(4)],
+            "completion": [str(i + 3) for i in range(4)],
+        }
+    )
+    train = TrainParams.model_validate(tiny_params(tmp_path, "dpo"))
+    work = tmp_path / "work"
+    launch = LaunchParams(mode="accelerate", config_file=DDP_CPU, work_dir=str(work))
+    base = load_policy(str(tiny_model_dir))
+    before = weights_hash(base.model)
+    policy, metrics = train_sft_oracle(
+        examples, base, SftOracleParams(), train, 0, reuse=None, launch=launch
+    )
+    assert policy.lineage["algorithm"] == "sft_oracle" and policy.lineage["labels"] == "gold"
+    assert metrics["sft_oracle.launch_world_size"]["value"] == 2.0
+    assert weights_hash(policy.model) != before
+    reports = [json.loads(p.read_text()) for p in sorted((work / RANKS_DIR).glob("*.json"))]
+    assert [r["world_size"] for r in reports] == [2, 2]
+    assert len({r["weights_hash"] for r in reports}) == 1
+    print(f"ddp sft_oracle: world size 2, lineage {policy.lineage['name']}")
+
+
+@pytest.mark.skipif(not FULL_CHECK, reason="make check-ddp (TAOFLOW_CHECK_DDP=1)")
+def test_reward_model_node_trains_under_ddp(tiny_encoder, tmp_path):  # noqa: F811
+    from taoflow.pipelines.reward_model.nodes import (
+        assemble_pairs,
+        feedback_preference_pairs,
+        scored_preference_pairs,
+        train_reward_model,
+    )
+    from tests.test_reward_model import RM, scored_and_prompts
+
+    params = RM({"base_model": str(tiny_encoder), "training": {"num_train_epochs": 2}})
+    scored, prompts = scored_and_prompts()
+    pairs = assemble_pairs(
+        feedback_preference_pairs({}, params),
+        params,
+        scored_preference_pairs(scored, prompts, params),
+    )
+    work = tmp_path / "work"
+    launch = LaunchParams(mode="accelerate", config_file=DDP_CPU, work_dir=str(work))
+    model, metrics = train_reward_model(pairs, params, 0, launch=launch)
+    assert metrics["reward_model.launch_world_size"]["value"] == 2.0
+    reports = [json.loads(p.read_text()) for p in sorted((work / RANKS_DIR).glob("*.json"))]
+    assert [r["world_size"] for r in reports] == [2, 2]
+    assert weights_hash(model.model) == reports[0]["weights_hash"] == reports[1]["weights_hash"]
+    assert 0.0 <= metrics["reward_model.train_accuracy"]["value"] <= 1.0
+    print(f"ddp reward_model: {json.dumps({k: v['value'] for k, v in metrics.items()})}")
