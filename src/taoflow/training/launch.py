@@ -114,15 +114,36 @@ ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([\w.]*(?:Error|Exception|Interru
 
 
 def failure_summary(log: Path, lines: int) -> str:
-    """The child's exception and the last ``lines`` lines its ranks wrote (torchrun's own
-    failure report after them says nothing the ranks did not), joined on one line."""
+    """The child's first exception (the rank that crashed first: the others then fail on a
+    closed connection) and the ``lines`` log lines up to it, joined on one line."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    found = [(i, m.group(1)) for i, m in enumerate(map(ERROR_LINE.match, kept)) if m]
     ranked = [i for i, line in enumerate(kept) if line.startswith("[rank")]
-    end = ranked[-1] + 1 if ranked else len(kept)
-    errors = [m.group(1) for m in map(ERROR_LINE.match, kept[:end]) if m]
+    end = found[0][0] + 1 if found else (ranked[-1] + 1 if ranked else len(kept))
     tail = " | ".join(kept[max(0, end - lines) : end]) or "(empty log)"
-    return f"{errors[-1] if errors else 'no exception in the log'}; log {log}: {tail}"
+    return f"{found[0][1] if found else 'no exception in the log'}; log {log}: {tail}"
+
+
+def _share_datasets_temp_dir(work: Path) -> None:
+    """One folder for every rank's in-memory ``datasets`` cache files.
+
+    TRL's reference log-prob precompute (dpo, kto) writes a cache file on rank 0 that every rank
+    then opens by path; an in-memory dataset's cache path lies in a per-process temporary folder,
+    so the other ranks would look where nothing was written. Set before any dataset is built.
+    """
+    from datasets import fingerprint
+
+    folder = work / "datasets_cache"
+    folder.mkdir(exist_ok=True)
+
+    class _Shared:
+        name = str(folder)
+
+        def cleanup(self) -> None:  # the work folder is removed by the parent
+            return None
+
+    fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = _Shared()  # noqa: SLF001 - see docstring
 
 
 def run_job(launch: LaunchParams, job: str, payload: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -341,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     work = spec_path.parent
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     state = _state()
+    _share_datasets_temp_dir(work)
     module, _, name = spec["job"].partition(":")
     result, digest = getattr(importlib.import_module(module), name)(spec["payload"], work)
     report = {
