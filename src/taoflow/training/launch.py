@@ -125,25 +125,27 @@ def failure_summary(log: Path, lines: int) -> str:
     return f"{found[0][1] if found else 'no exception in the log'}; log {log}: {tail}"
 
 
-def _share_datasets_temp_dir(work: Path) -> None:
-    """One folder for every rank's in-memory ``datasets`` cache files.
+def _share_datasets_cache(work: Path) -> None:
+    """Cache files of in-memory ``datasets`` named by fingerprint in one folder of the work dir.
 
-    TRL's reference log-prob precompute (dpo, kto) writes a cache file on rank 0 that every rank
-    then opens by path; an in-memory dataset's cache path lies in a per-process temporary folder,
-    so the other ranks would look where nothing was written. Set before any dataset is built.
+    TRL's reference log-prob precompute (dpo, kto) broadcasts rank 0's fingerprint, has rank 0
+    write ``dataset._get_cache_file_path(fingerprint)`` and every rank open that path; for an
+    in-memory dataset ``datasets`` makes the name random and the folder per process, so the
+    other ranks would look where nothing was written. Here every rank gets the path an on-disk
+    dataset would get: ``cache-<fingerprint>.arrow``, in a folder all ranks share.
     """
-    from datasets import fingerprint
+    from datasets import Dataset
 
     folder = work / "datasets_cache"
     folder.mkdir(exist_ok=True)
+    original = Dataset._get_cache_file_path  # noqa: SLF001 - patched in the child only
 
-    class _Shared:
-        name = str(folder)
+    def shared_path(self: Any, fingerprint: str) -> str:
+        if self.cache_files:
+            return original(self, fingerprint)
+        return str(folder / f"cache-{fingerprint}.arrow")
 
-        def cleanup(self) -> None:  # the work folder is removed by the parent
-            return None
-
-    fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = _Shared()  # noqa: SLF001 - see docstring
+    Dataset._get_cache_file_path = shared_path  # noqa: SLF001
 
 
 def run_job(launch: LaunchParams, job: str, payload: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -362,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     work = spec_path.parent
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     state = _state()
-    _share_datasets_temp_dir(work)
+    _share_datasets_cache(work)
     module, _, name = spec["job"].partition(":")
     result, digest = getattr(importlib.import_module(module), name)(spec["payload"], work)
     report = {
