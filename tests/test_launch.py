@@ -291,3 +291,56 @@ def test_reward_model_node_trains_under_ddp(tiny_encoder, tmp_path):  # noqa: F8
     assert weights_hash(model.model) == reports[0]["weights_hash"] == reports[1]["weights_hash"]
     assert 0.0 <= metrics["reward_model.train_accuracy"]["value"] <= 1.0
     print(f"ddp reward_model: {json.dumps({k: v['value'] for k, v in metrics.items()})}")
+
+
+@pytest.mark.skipif(not FULL_CHECK, reason="make check-ddp (TAOFLOW_CHECK_DDP=1)")
+def test_train_pipeline_under_ddp_logs_once_from_the_parent(kedro_project, tiny_model_dir):
+    """`kedro run --pipeline train` with launch.mode=accelerate: catalog + MLflow in the parent."""
+    import mlflow
+    from kedro.framework.session import KedroSession
+
+    data = kedro_project / "data" / "05_model_input" / "handmade"
+    data.mkdir(parents=True)
+    scored = make_scored({f"p{i}": [1.0, 0.0, 1.0, 0.0] for i in range(4)})
+    make_prompts().to_parquet(data / "prompts.parquet")
+    scored.to_parquet(data / "scored.parquet")
+    (kedro_project / "conf" / "local" / "catalog.yml").write_text(
+        yaml.safe_dump(
+            {
+                "prompts": {
+                    "type": "pandas.ParquetDataset",
+                    "filepath": str(data / "prompts.parquet"),
+                },
+                "round_1.scored": {
+                    "type": "pandas.ParquetDataset",
+                    "filepath": str(data / "scored.parquet"),
+                },
+            }
+        )
+    )
+    PolicyDataset(path=str(kedro_project / "data/06_models/base")).save(
+        load_policy(str(tiny_model_dir))
+    )
+    runtime = {
+        "model": {"name_or_path": "tiny-random"},
+        "train": {
+            "algorithm": "dpo",
+            "trainer": {"per_device_train_batch_size": 2, "max_steps": 2, "max_length": 64},
+        },
+        "launch": {"mode": "accelerate"},  # conf/accelerate/ddp_cpu.yaml, relative to the project
+    }
+    with KedroSession.create(project_path=kedro_project, runtime_params=runtime) as session:
+        session.run(pipeline_names=["train"])
+
+    policy = load_policy(str(kedro_project / "data/06_models/round_1/policy"))
+    assert policy.lineage["round"] == 1 and policy.lineage["algorithm"] == "dpo"
+    assert policy.lineage["data_hashes"]["scored"] == frame_hash(scored)
+    assert not (kedro_project / "data/06_models/checkpoints/round_1").exists()
+    (run,) = mlflow.search_runs(experiment_names=["taoflow"], output_format="list")
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "train.launch_world_size")
+    assert [(m.value, m.step) for m in history] == [(2.0, 1)]  # logged once, by the parent
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.round_1.loss")]
+    assert steps == [1, 2]
+    print(f"ddp kedro train: {json.dumps(dict(sorted(run.data.metrics.items())))}")

@@ -80,8 +80,8 @@ def train(  # keyword-only: wired by name in pipeline.py
     seed: int,
     task: TaskParams,
     score: Any,
-    reference_policy: Policy | None = None,
     launch: LaunchParams | None = None,
+    reference_policy: Policy | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """Train ``input_policy`` on the examples with the configured TRL trainer (resumable).
 
