@@ -201,7 +201,11 @@ def test_two_process_ddp_training_on_cpu(algorithm, lora, tiny_model_dir, tmp_pa
     trained, metrics, curves = train_policy(policy, examples, settings, launch=launch, **common)
 
     reports = [json.loads(p.read_text()) for p in sorted((work / RANKS_DIR).glob("*.json"))]
-    print("ranks:", json.dumps(reports))
+    shown = [
+        f"rank {r['rank']}/{r['world_size']} {r['backend']} {r['weights_hash'][:16]}"
+        for r in reports
+    ]
+    print(f"ranks ({algorithm}{'+lora' if lora else ''}): {', '.join(shown)}")
     assert [(r["rank"], r["world_size"], r["backend"]) for r in reports] == [
         (0, 2, "gloo"),
         (1, 2, "gloo"),
@@ -233,7 +237,8 @@ def test_two_process_ddp_training_on_cpu(algorithm, lora, tiny_model_dir, tmp_pa
     assert {k: v for k, v in reloaded.lineage.items() if k != "name_or_path"} == trained.lineage
     assert weights_hash(reloaded.model) == weights_hash(trained.model)
     assert all(torch.isfinite(p).all() for p in reloaded.model.parameters())
-    print(f"ddp {algorithm}: {json.dumps({k: metrics[k] for k in sorted(metrics)}, default=str)}")
+    keys = ("launch_world_size", "global_step", "train_loss", "wall_time_s", "launch_wall_time_s")
+    print(f"ddp {algorithm}: {', '.join(f'{k}={metrics[k]:.4g}' for k in keys)}")
 
 
 @pytest.mark.skipif(not FULL_CHECK, reason="make check-ddp (TAOFLOW_CHECK_DDP=1)")
@@ -290,7 +295,9 @@ def test_reward_model_node_trains_under_ddp(tiny_encoder, tmp_path):  # noqa: F8
     assert [r["world_size"] for r in reports] == [2, 2]
     assert weights_hash(model.model) == reports[0]["weights_hash"] == reports[1]["weights_hash"]
     assert 0.0 <= metrics["reward_model.train_accuracy"]["value"] <= 1.0
-    print(f"ddp reward_model: {json.dumps({k: v['value'] for k, v in metrics.items()})}")
+    keys = ("launch_world_size", "n_train", "train_loss", "train_accuracy", "train_seconds")
+    values = {k: metrics[f"reward_model.{k}"]["value"] for k in keys}
+    print(f"ddp reward_model: {', '.join(f'{k}={v:.4g}' for k, v in values.items())}")
 
 
 @pytest.mark.skipif(not FULL_CHECK, reason="make check-ddp (TAOFLOW_CHECK_DDP=1)")
@@ -343,4 +350,6 @@ def test_train_pipeline_under_ddp_logs_once_from_the_parent(kedro_project, tiny_
     assert [(m.value, m.step) for m in history] == [(2.0, 1)]  # logged once, by the parent
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.round_1.loss")]
     assert steps == [1, 2]
-    print(f"ddp kedro train: {json.dumps(dict(sorted(run.data.metrics.items())))}")
+    keys = ("launch_world_size", "global_step", "train_loss", "launch_wall_time_s")
+    values = ", ".join(f"train.{k}={run.data.metrics[f'train.{k}']:.4g}" for k in keys)
+    print(f"ddp kedro train (MLflow run {run.info.run_name}): {values}, logged once")
