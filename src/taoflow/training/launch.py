@@ -193,7 +193,8 @@ def check_ranks(work: Path, expected: int, launch: LaunchParams) -> dict[str, An
         raise LaunchError(
             f"accelerate launch ({launch.config_file}) ran ranks {ranks} of world size(s) {sizes}, "
             f"not {expected} processes: check the config's distributed_type (on CPU use "
-            "MULTI_CPU with use_cpu: true; `--cpu` and FSDP on CPU run a single process)"
+            "MULTI_GPU with use_cpu: true, as conf/accelerate/ddp_cpu.yaml; MULTI_CPU, `--cpu` "
+            "and FSDP on CPU run a single process)"
         )
     hashes = {r["weights_hash"] for r in reports}
     if None not in hashes and len(hashes) != 1:
