@@ -447,8 +447,20 @@ def _fit_launched(
     """:func:`_fit` in an ``accelerate launch`` child; the model rank 0 saved, loss, world size."""
     from transformers import AutoModelForSequenceClassification
 
-    from taoflow.training.launch import OUTPUT_DIR, run_job, work_folder
+    from taoflow.training.launch import (
+        OUTPUT_DIR,
+        REPLICATED,
+        LaunchError,
+        read_accelerate_config,
+        run_job,
+        work_folder,
+    )
 
+    kind = str(read_accelerate_config(launch).get("distributed_type"))
+    if kind not in REPLICATED:  # a small encoder: rank 0 saves its own whole copy
+        raise LaunchError(
+            f"reward_model trains under DDP configs, not {kind} ({launch.config_file})"
+        )
     payload = {
         "base": _base_model_path(reward_model.base_model),
         "training": reward_model.training.model_dump(mode="json"),
