@@ -80,3 +80,10 @@ check-vllm:  ## vLLM backend beside the transformers one on the embedded model: 
 	# PyPI's torchvision/torchaudio/torchcodec builds break against the CPU torch vLLM needs
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python benchmarks/check_vllm.py $(ARGS)
+
+# ---- check-ddp: real 2-process DDP training on CPU (gloo) through the `launch` block
+.PHONY: check-ddp
+check-ddp:  ## 2-rank gloo DDP of rft, dpo+LoRA, kto, sft_oracle and reward_model via `launch` (docs/scale-out-training.md)
+	@log=$$(mktemp); TAOFLOW_CHECK_DDP=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_launch.py -v -rP -p no:cacheprovider -W ignore::FutureWarning >$$log 2>&1; rc=$$?; \
+	grep -E '^(ranks|ddp )|PASSED|FAILED|SKIPPED|ERROR|^E |[0-9]+ (passed|failed)' $$log; \
+	test $$rc -eq 0 || tail -40 $$log; rm -f $$log; exit $$rc

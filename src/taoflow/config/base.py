@@ -31,6 +31,7 @@ BLOCKS: dict[str, str] = {
     "reward_model": "taoflow.config.reward_model:RewardModelParams",
     "judge": "taoflow.config.judge:JudgeParams",
     "reuse": "taoflow.config.reuse:ReuseParams",
+    "launch": "taoflow.config.launch:LaunchParams",
     "serve": "taoflow.serving.config:ServeConfig",
 }
 

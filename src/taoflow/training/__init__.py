@@ -6,6 +6,7 @@
 * :mod:`~taoflow.training.rewards` — GRPO's reward from the score stage's scorers;
 * :mod:`~taoflow.training.callbacks` — per-step curves and the collapse early stop;
 * :mod:`~taoflow.training.checkpoints` — checkpoint folder, run key, resume, cleanup.
+* :mod:`~taoflow.training.launch` — the trainer under ``accelerate launch`` (``launch`` block).
 
 The ``train`` block's model is :class:`taoflow.config.train.TrainParams`.
 

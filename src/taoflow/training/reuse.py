@@ -154,6 +154,14 @@ def round_key_parts(  # noqa: PLR0913, PLR0917 - what decides a TAO round's trai
     return parts
 
 
+def launch_key_part(launch: Any) -> dict[str, Any]:
+    """The launcher counts only when it runs the trainer across processes: a DDP training splits
+    each batch over ranks, so it need not equal the in-process one (whose keys stay unchanged)."""
+    if launch is None or getattr(launch, "mode", "in_process") == "in_process":
+        return {}
+    return {"launch": stable_hash(_plain(launch), 32)}
+
+
 def _plain(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)
     return dump(mode="json") if callable(dump) else value

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taoflow.config.launch import LaunchParams
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.sft_oracle import TRAINER_ALGORITHM, SupervisedBaselineParams
 from taoflow.config.shared import TaskParams
@@ -24,7 +25,7 @@ from taoflow.core.text import as_messages, last_user_message
 from taoflow.core.tracking import mlflow_metrics
 from taoflow.models import Policy
 from taoflow.training.examples import prompt_messages
-from taoflow.training.reuse import reuse_or_train
+from taoflow.training.reuse import launch_key_part, reuse_or_train
 
 
 def train_policy(*args: Any, **kwargs: Any) -> Any:
@@ -138,6 +139,7 @@ def train_answer_baseline(
     labels: str,
     examples_key: str,
     reuse: ReuseParams | None = None,
+    launch: LaunchParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on ``examples`` with the train stage's trainer and budget.
 
@@ -145,7 +147,8 @@ def train_answer_baseline(
     resumable checkpoints); per-step curves come back as ``<algorithm>.trainer.*``. The lineage
     says what it is (``algorithm``, ``labels``), so it is never mistaken for a label-free policy.
     With ``reuse`` enabled, a training whose inputs all match a cached one is loaded instead
-    (:func:`taoflow.training.reuse.reuse_or_train`; metric ``reuse.<algorithm>``).
+    (:func:`taoflow.training.reuse.reuse_or_train`; metric ``reuse.<algorithm>``). ``launch``
+    (``mode: accelerate``) trains in an ``accelerate launch`` child.
     """
     settings = params.train_settings(train)
 
@@ -158,6 +161,7 @@ def train_answer_baseline(
             round_=ROUND,
             data_hashes={examples_key: frame_hash(examples)},
             metrics_prefix=f"{algorithm}.trainer",
+            launch=launch,
         )
         base = policy.lineage.get("base_model", base_model.name)
         policy.lineage.update(
@@ -181,5 +185,10 @@ def train_answer_baseline(
         settings=settings,
         seed=int(seed),
         step=ROUND,
-        extra={"round": ROUND, "labels": labels, "examples_key": examples_key},
+        extra={
+            "round": ROUND,
+            "labels": labels,
+            "examples_key": examples_key,
+            **launch_key_part(launch),
+        },
     )

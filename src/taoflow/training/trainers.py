@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.launch import LaunchParams
 from taoflow.config.train import LoraParams, TrainParams, trl_config_class
 from taoflow.core.ids import derive_seed
 from taoflow.core.text import as_messages
@@ -202,6 +203,7 @@ def train_policy(
     callbacks: Sequence[Any] = (),
     metrics_prefix: str | None = None,
     reference: Policy | None = None,
+    launch: LaunchParams | None = None,
 ) -> tuple[Policy, dict[str, float], Curves]:
     """Train ``policy`` (in place) on ``examples``; resume a matching interrupted run.
 
@@ -211,7 +213,56 @@ def train_policy(
     (default prefix ``train.round_<k>``; a baseline trained in the same run passes its own so
     the histories do not interleave). ``reference`` is DPO's fixed reference model (see
     :func:`build_trainer`); None keeps TRL's own (the policy as it enters training).
+    With ``launch.mode: accelerate`` the same trainer runs in an ``accelerate launch`` child
+    (:mod:`taoflow.training.launch`; no ``reward_fn``/``callbacks``: they live in this process).
     """
+    if launch is not None and launch.distributed:
+        from taoflow.training.launch import train_policy_distributed
+
+        if settings.algorithm != "grpo" and (reward_fn is not None or callbacks):
+            raise ValueError("launch.mode=accelerate takes no reward_fn or callbacks")
+        return train_policy_distributed(
+            policy,
+            examples,
+            settings,
+            launch,
+            seed=seed,
+            round_=round_,
+            data_hashes=data_hashes,
+            metrics_prefix=metrics_prefix,
+            reference=reference,
+        )
+    trained, metrics, curves, _ = fit_policy(
+        policy,
+        examples,
+        settings,
+        seed=seed,
+        round_=round_,
+        data_hashes=data_hashes,
+        reward_fn=reward_fn,
+        callbacks=callbacks,
+        metrics_prefix=metrics_prefix,
+        reference=reference,
+    )
+    return trained, metrics, curves
+
+
+def fit_policy(
+    policy: Policy,
+    examples: pd.DataFrame,
+    settings: TrainParams,
+    *,
+    seed: int,
+    round_: int,
+    data_hashes: dict[str, str],
+    reward_fn: Callable[..., list[float]] | None = None,
+    callbacks: Sequence[Any] = (),
+    metrics_prefix: str | None = None,
+    reference: Policy | None = None,
+) -> tuple[Policy, dict[str, float], Curves, Any]:
+    """:func:`train_policy` in this process, also returning the TRL trainer (its saving under
+    FSDP/ZeRO-3 gathers sharded weights). Under ``accelerate launch`` only rank 0 touches the
+    checkpoint folder."""
     from transformers import set_seed
 
     if settings.lora.enabled:
@@ -220,7 +271,7 @@ def train_policy(
     set_seed(train_seed)
     config_hash = settings.config_hash(seed)
     directory = checkpoint_dir(settings, round_)
-    last = prepare_checkpoint_dir(directory, run_key(config_hash, data_hashes), settings.resume)
+    last = _claim_checkpoints(directory, run_key(config_hash, data_hashes), settings.resume)
     steps = StepMetricsCallback(prefix=metrics_prefix or f"train.round_{round_}")
     policy.model.train()
     trainer = build_trainer(
@@ -249,8 +300,31 @@ def train_policy(
     if reference is not None:
         trained.lineage["reference"] = reference.name
     metrics = _run_metrics(trainer, result, examples, wall, resumed=bool(last))
-    cleanup_checkpoints(directory, keep=settings.keep_checkpoints)
-    return trained, metrics, steps.curves
+    if _rank() in (None, 0):
+        cleanup_checkpoints(directory, keep=settings.keep_checkpoints)
+    return trained, metrics, steps.curves, trainer
+
+
+def _rank() -> int | None:
+    """This process's rank under torch.distributed; None outside a process group."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+
+
+def _claim_checkpoints(directory: Path, key: dict[str, str], resume: bool) -> str | None:
+    """:func:`prepare_checkpoint_dir` by rank 0 alone; the others then read what it left."""
+    rank = _rank()
+    if rank is None:
+        return prepare_checkpoint_dir(directory, key, resume)
+    import torch.distributed as dist
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = prepare_checkpoint_dir(directory, key, resume) if rank == 0 else None
+    dist.barrier()
+    if rank != 0 and resume:
+        last = get_last_checkpoint(str(directory))
+    return last
 
 
 def _trained_policy(policy: Policy, trainer: Any, settings: TrainParams, round_: int) -> Policy:

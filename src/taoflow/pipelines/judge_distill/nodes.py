@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.judge_distill import JudgeDistillParams
+from taoflow.config.launch import LaunchParams
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
@@ -126,6 +127,7 @@ def train_judge_distill(
     seed: int,
     *,
     reuse: ReuseParams | None = None,
+    launch: LaunchParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on the judge's answers (lineage ``labels: judge``)."""
     return train_answer_baseline(
@@ -138,4 +140,5 @@ def train_judge_distill(
         labels="judge",
         examples_key="judge_distill_examples",
         reuse=reuse,
+        launch=launch,
     )

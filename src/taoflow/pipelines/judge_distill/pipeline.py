@@ -38,6 +38,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                     "train": "params:train",
                     "seed": "params:seed",
                     "reuse": "params:reuse",
+                    "launch": "params:launch",
                 },
                 outputs=["judge_distill.policy", "judge_distill_metrics"],
                 name="train_judge_distill",

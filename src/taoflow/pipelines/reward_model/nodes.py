@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taoflow.config.launch import LaunchParams
 from taoflow.config.reward_model import RewardModelParams, RewardTrainingParams
 from taoflow.core.ids import seed_everything, stable_hash
 from taoflow.core.lazy import inference_mode, lazy_module
@@ -304,8 +305,10 @@ def _token_lengths(tokenizer: Any, pairs: pd.DataFrame, which: str) -> np.ndarra
     return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
 
 
-def _reward_config(training: RewardTrainingParams, scratch: str, seed: int) -> Any:
-    """TRL ``RewardConfig`` for a CPU run that keeps no checkpoints and reports nowhere."""
+def _reward_config(
+    training: RewardTrainingParams, scratch: str, seed: int, use_cpu: bool = True
+) -> Any:
+    """TRL ``RewardConfig`` for a (CPU) run that keeps no checkpoints and reports nowhere."""
     from trl import RewardConfig
 
     return RewardConfig(
@@ -321,7 +324,7 @@ def _reward_config(training: RewardTrainingParams, scratch: str, seed: int) -> A
         seed=seed,
         data_seed=seed,
         bf16=False,
-        use_cpu=True,
+        use_cpu=use_cpu,
         gradient_checkpointing=False,
         save_strategy="no",
         eval_strategy="no",
@@ -332,17 +335,18 @@ def _reward_config(training: RewardTrainingParams, scratch: str, seed: int) -> A
 
 
 def train_reward_model(
-    pairs: pd.DataFrame, reward_model: RewardModelParams, seed: int
+    pairs: pd.DataFrame,
+    reward_model: RewardModelParams,
+    seed: int,
+    launch: LaunchParams | None = None,
 ) -> tuple[RewardModel, dict[str, dict[str, float]]]:
     """Fit a one-logit reward head with TRL ``RewardTrainer`` (Bradley–Terry loss) on ``pairs``.
 
     Pairs longer than ``training.max_length`` tokens are counted (``too_long``), not silently
     dropped by the trainer. Accuracy = share of pairs where chosen outscores rejected, on the
-    train and the held-out eval split.
+    train and the held-out eval split. ``launch`` (``mode: accelerate``) fits in an
+    ``accelerate launch`` child (:mod:`taoflow.training.launch`); accuracy is measured here.
     """
-    from datasets import Dataset
-    from trl import RewardTrainer
-
     training = reward_model.training
     min_pairs = reward_model.min_pairs
     if len(pairs) < min_pairs:
@@ -373,17 +377,13 @@ def train_reward_model(
     if training.use_margin:
         data["margin"] = [float(m) for m in train_pairs["margin"]]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="taoflow-rm-") as scratch:
-        args = _reward_config(training, scratch, int(seed))
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_dict(data),
-            processing_class=tokenizer,
-        )
-        result = trainer.train()
+    if launch is not None and launch.distributed:
+        model, training_loss, world = _fit_launched(reward_model, data, int(seed), launch)
+    else:
+        model, training_loss = _fit(model, tokenizer, data, training, int(seed))
+        world = None
     seconds = time.perf_counter() - started
-    model = trainer.model.eval()
+    model = model.eval()
     train_accuracy = _accuracy(model, tokenizer, train_pairs)
     eval_accuracy = _accuracy(model, tokenizer, eval_pairs)
     lineage = {
@@ -405,12 +405,88 @@ def train_reward_model(
         "n_train": len(train_pairs),
         "n_eval": len(eval_pairs),
         "too_long": int(too_long.sum()),
-        "train_loss": float(result.training_loss),
+        "train_loss": training_loss,
         "train_accuracy": train_accuracy,
         "eval_accuracy": eval_accuracy,
         "train_seconds": seconds,
     }
+    if world is not None:
+        metrics["launch_world_size"] = world
     return (
         RewardModel(model=model, tokenizer=tokenizer, lineage=lineage),
         mlflow_metrics(metrics, prefix="reward_model"),
     )
+
+
+def _fit(
+    model: Any,
+    tokenizer: Any,
+    data: dict[str, list],
+    training: RewardTrainingParams,
+    seed: int,
+    *,
+    use_cpu: bool = True,
+) -> tuple[Any, float]:
+    """TRL ``RewardTrainer`` on ``data``: the trained model and its training loss."""
+    from datasets import Dataset
+    from trl import RewardTrainer
+
+    with tempfile.TemporaryDirectory(prefix="taoflow-rm-") as scratch:
+        args = _reward_config(training, scratch, seed, use_cpu=use_cpu)
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_dict(data),
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+    return trainer.model, float(result.training_loss)
+
+
+def _fit_launched(
+    reward_model: RewardModelParams, data: dict[str, list], seed: int, launch: LaunchParams
+) -> tuple[Any, float, int]:
+    """:func:`_fit` in an ``accelerate launch`` child; the model rank 0 saved, loss, world size."""
+    from transformers import AutoModelForSequenceClassification
+
+    from taoflow.training.launch import (
+        OUTPUT_DIR,
+        REPLICATED,
+        LaunchError,
+        read_accelerate_config,
+        run_job,
+        work_folder,
+    )
+
+    kind = str(read_accelerate_config(launch).get("distributed_type"))
+    if kind not in REPLICATED:  # a small encoder: rank 0 saves its own whole copy
+        raise LaunchError(
+            f"reward_model trains under DDP configs, not {kind} ({launch.config_file})"
+        )
+    payload = {
+        "base": _base_model_path(reward_model.base_model),
+        "training": reward_model.training.model_dump(mode="json"),
+        "data": data,
+        "seed": seed,
+    }
+    with work_folder(launch) as work:
+        result = run_job(launch, f"{__name__}:reward_model_job", payload, work)
+        model = AutoModelForSequenceClassification.from_pretrained(work / OUTPUT_DIR)
+    return model, float(result["training_loss"]), int(result["launch"]["world_size"])
+
+
+def reward_model_job(payload: dict[str, Any], work: Any) -> tuple[dict[str, Any], str | None]:
+    """Child side of :func:`_fit_launched`, on every rank: seed, base, fit; rank 0 saves."""
+    from accelerate import PartialState
+
+    from taoflow.training.launch import OUTPUT_DIR, weights_hash
+
+    training = RewardTrainingParams.model_validate(payload["training"])
+    seed_everything(int(payload["seed"]))
+    tokenizer, model = _load_base(payload["base"], training.max_length)
+    seed = int(payload["seed"])
+    on_cpu = not torch.cuda.is_available()
+    model, loss = _fit(model, tokenizer, payload["data"], training, seed, use_cpu=on_cpu)
+    if PartialState().is_main_process:
+        model.save_pretrained(work / OUTPUT_DIR)
+    return {"training_loss": loss}, weights_hash(model)

@@ -45,7 +45,7 @@ def create_pipeline(scored: str | None = "round_1.scored", **kwargs) -> Pipeline
         ),
         node(
             train_reward_model,
-            inputs=["reward_model_pairs", "params:reward_model", "params:seed"],
+            inputs=["reward_model_pairs", "params:reward_model", "params:seed", "params:launch"],
             outputs=["reward_model", "reward_model_metrics"],
             name="train_reward_model",
         ),

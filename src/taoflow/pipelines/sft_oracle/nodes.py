@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.launch import LaunchParams
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.sft_oracle import SftOracleParams
 from taoflow.config.shared import TaskParams
@@ -100,6 +101,7 @@ def train_sft_oracle(
     seed: int,
     *,
     reuse: ReuseParams | None = None,
+    launch: LaunchParams | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """SFT ``base_model`` on the gold examples with the train stage's trainer and budget.
 
@@ -115,4 +117,5 @@ def train_sft_oracle(
         labels="gold",
         examples_key="sft_oracle_examples",
         reuse=reuse,
+        launch=launch,
     )

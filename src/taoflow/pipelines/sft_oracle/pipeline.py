@@ -32,6 +32,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                     "train": "params:train",
                     "seed": "params:seed",
                     "reuse": "params:reuse",
+                    "launch": "params:launch",
                 },
                 outputs=["sft_oracle.policy", "sft_oracle_metrics"],
                 name="train_sft_oracle",

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from taoflow.config.launch import LaunchParams
 from taoflow.config.reuse import ReuseParams
 from taoflow.config.shared import TaskParams
 from taoflow.config.train import TrainParams
@@ -25,7 +26,7 @@ from taoflow.training import (
     make_grpo_reward,
     scoring_reward_fn,
 )
-from taoflow.training.reuse import reuse_or_train, round_key_parts
+from taoflow.training.reuse import launch_key_part, reuse_or_train, round_key_parts
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def train(  # keyword-only: wired by name in pipeline.py
     task: TaskParams,
     score: Any,
     reuse: ReuseParams | None = None,
+    launch: LaunchParams | None = None,
     reference_policy: Policy | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """Train ``input_policy`` on the examples with the configured TRL trainer (resumable).
@@ -88,7 +90,9 @@ def train(  # keyword-only: wired by name in pipeline.py
     record its content hash in the new policy's lineage. ``score`` (the score stage's block) and
     ``task`` configure GRPO's reward, so the online path judges completions like the offline one;
     ``train.early_stopping`` arms its collapse guard. ``reference_policy`` (wired only for dpo
-    with ``train.dpo_reference: initial`` in rounds after the first) is DPO's fixed reference. The input policy's model is trained in
+    with ``train.dpo_reference: initial`` in rounds after the first) is DPO's fixed reference.
+    ``launch`` (``mode: accelerate``) runs the trainer in an ``accelerate launch`` child
+    (:mod:`taoflow.training.launch`). The input policy's model is trained in
     place (the catalog loads a fresh copy per run). Returns the policy and the metrics: run
     numbers (``train.*``, step = round) and per-step curves (``train.round_<k>.*``).
 
@@ -101,7 +105,16 @@ def train(  # keyword-only: wired by name in pipeline.py
 
     def run() -> tuple[Policy, dict[str, Any]]:
         return _train_round(
-            train_examples, scored, prompts, input_policy, train, int(seed), task, score, reference
+            train_examples,
+            scored,
+            prompts,
+            input_policy,
+            train,
+            int(seed),
+            task,
+            score,
+            reference,
+            launch,
         )
 
     if reuse is None:
@@ -115,7 +128,10 @@ def train(  # keyword-only: wired by name in pipeline.py
         settings=train,
         seed=int(seed),
         step=round_,
-        extra=round_key_parts(round_, scored, prompts, train, task, score, reference),
+        extra={
+            **round_key_parts(round_, scored, prompts, train, task, score, reference),
+            **launch_key_part(launch),
+        },
         folder=f"round_{round_}.train",
     )
 
@@ -130,6 +146,7 @@ def _train_round(  # noqa: PLR0913, PLR0917 - the node's inputs, passed on
     task: TaskParams,
     score: Any,
     reference: Policy | None,
+    launch: LaunchParams | None,
 ) -> tuple[Policy, dict[str, Any]]:
     """One round's training (what :func:`train` runs when nothing cached matches)."""
     from taoflow.training import CollapseEarlyStopping, train_policy  # TRL: imported here
@@ -156,6 +173,7 @@ def _train_round(  # noqa: PLR0913, PLR0917 - the node's inputs, passed on
             reward_fn=reward_fn,
             callbacks=callbacks,
             reference=reference,
+            launch=launch,
         )
     finally:
         if scorer is not None:

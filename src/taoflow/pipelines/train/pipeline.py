@@ -11,6 +11,7 @@ SHARED_PARAMETERS = {
     "params:task": "params:task",
     "params:score": "params:score",
     "params:reuse": "params:reuse",
+    "params:launch": "params:launch",
 }
 
 
@@ -41,6 +42,7 @@ def create_template(reference: bool = False, **kwargs) -> Pipeline:
                     "task": "params:task",
                     "score": "params:score",
                     "reuse": "params:reuse",
+                    "launch": "params:launch",
                     **extra,
                 },
                 outputs=["policy", "train_metrics"],
