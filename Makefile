@@ -38,3 +38,13 @@ new-user:  ## README's commands in a fresh clone of HEAD, outputs checked (ARGS=
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Continuous improvement, measured (docs/continuous-improvement.md): serve → simulated users and
+# feedback → kedro run, in cycles. Real cycles on the embedded default take hours; ARGS adds flags
+# (--ablation, --noise 0 0.2 0.4, --coverage 0.1 0.3 1). Reports land in data/08_reporting/simulate/.
+.PHONY: simulate simulate-smoke
+simulate:
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py $(ARGS)
+
+simulate-smoke:  ## two short cycles on the tiny model
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py --env smoke --smoke --name smoke --out data/08_reporting/simulate_smoke $(ARGS)

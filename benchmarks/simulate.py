@@ -15,7 +15,7 @@ Run (the lead's real cycles take hours on the embedded default; the smoke varian
     HF_HUB_OFFLINE=1 python benchmarks/simulate.py --ablation           # + the same without the RM
     HF_HUB_OFFLINE=1 python benchmarks/simulate.py --noise 0 0.2 0.4    # a noise sweep
     HF_HUB_OFFLINE=1 python benchmarks/simulate.py --coverage 0.1 0.3 1 # a coverage sweep
-    HF_HUB_OFFLINE=1 python benchmarks/simulate.py --env smoke --cycles 2 --prompts-per-cycle 6
+    HF_HUB_OFFLINE=1 python benchmarks/simulate.py --env smoke --smoke --name smoke  # make simulate-smoke
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -40,6 +41,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env", default=None, help="Kedro env of every cycle (default: base)")
     p.add_argument("--name", default="default", help="simulation name (workspace folder)")
     p.add_argument("--out", default="data/08_reporting/simulate", help="report folder")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="two short cycles on the tiny model (use with --env smoke; the test's settings)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--cycles", type=int)
     p.add_argument("--prompts-per-cycle", type=int)
@@ -68,6 +74,10 @@ def variants(args: argparse.Namespace, base: dict) -> list[tuple[str, dict]]:
         "batch_size": args.batch_size,
         "max_tokens": args.max_tokens,
     }
+    if args.smoke:
+        from taoflow.simulate import SMOKE
+
+        base = {**base, **SMOKE}
     block = {**base, **{k: v for k, v in fields.items() if v is not None}}
     feedback = dict(block.get("feedback") or {})
     for key in ("comment_share", "late_share"):
@@ -140,7 +150,7 @@ def comparison(summaries: dict) -> str:
         last = s.iloc[-1]
         ci = f"{last['vs_base_diff']:+.3f} [{last['vs_base_ci_low']:+.3f}, {last['vs_base_ci_high']:+.3f}]"
         rm = last.get("rm_eval_accuracy")
-        rm = "—" if rm is None or rm != rm else f"{rm:.3f}"
+        rm = "—" if rm is None or math.isnan(rm) else f"{rm:.3f}"
         events = int(s["feedback_events"].fillna(0).sum())
         lines.append(f"| {name} | {last['accuracy']:.3f} | {ci} | {events} | {rm} |")
     return "\n".join(lines) + "\n"

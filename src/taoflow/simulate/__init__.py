@@ -9,6 +9,7 @@ from taoflow.simulate.pool import Problem, assert_disjoint, build_pool
 from taoflow.simulate.report import cycle_table, plot_cycles, summarise
 
 __all__ = [
+    "SMOKE",
     "CycleResult",
     "Problem",
     "Simulation",
@@ -18,3 +19,22 @@ __all__ = [
     "plot_cycles",
     "summarise",
 ]
+
+# Two short cycles on the tiny model (`--env smoke`): what `make simulate-smoke` and the test run.
+# A random model is never right, so noise makes the thumbs-ups feedback pairs need.
+SMOKE: dict = {
+    "cycles": 2,
+    "prompts_per_cycle": 4,
+    "samples_per_prompt": 4,
+    "batch_size": 8,
+    "max_tokens": 8,
+    "feedback": {"coverage": 1.0, "noise": 0.5, "comment_share": 0.5, "late_share": 0.25},
+    "kedro_params": {
+        "tao": {"rounds": 1, "sft_oracle": False, "audit_rewards": False},
+        "reward_model": {
+            "min_pairs": 2,
+            "pairs": {"eval_fraction": 0.5},
+            "training": {"num_train_epochs": 1, "progress": False},
+        },
+    },
+}

@@ -134,16 +134,20 @@ class Simulation:
         """Every cycle in turn; returns their results (also logged to MLflow)."""
         pool = self.prepare()
         late: list[users.Outcome] = []
-        with self._inside():
-            import mlflow
+        import mlflow
 
+        before = mlflow.get_tracking_uri()
+        with self._inside():
             mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
-            for cycle in range(1, self.params.cycles + 1):
-                started = time.perf_counter()
-                result, late = self.cycle(cycle, pool, late)
-                result.counts["cycle_seconds"] = time.perf_counter() - started
-                self.log_cycle(result)
-                self.results.append(result)
+            try:
+                for cycle in range(1, self.params.cycles + 1):
+                    started = time.perf_counter()
+                    result, late = self.cycle(cycle, pool, late)
+                    result.counts["cycle_seconds"] = time.perf_counter() - started
+                    self.log_cycle(result)
+                    self.results.append(result)
+            finally:
+                mlflow.set_tracking_uri(before)
         return self.results
 
     def cycle(
@@ -224,8 +228,9 @@ class Simulation:
     def train_reward_model(self, overrides: dict[str, Any]) -> tuple[str, dict[str, float]]:
         """Ingest the day's traces and feedback; train the reward model on feedback pairs only.
 
-        Too few pairs (``reward_model.min_pairs``) is not a failure of the cycle: the previous
-        reward model (if any) keeps scoring, and the cycle records that none was trained.
+        Too few pairs (``reward_model.min_pairs``, or none left in the train split) is not a
+        failure of the cycle: the previous reward model (if any) keeps scoring, and the cycle
+        records that none was trained.
         """
         import mlflow
 
@@ -235,10 +240,11 @@ class Simulation:
         except Exception:
             pairs = self.root / "data/05_model_input/reward_model/pairs.parquet"
             rm = validate_block("reward_model", self.raw.get("reward_model"))
-            if pairs.is_file() and len(pd.read_parquet(pairs)) < rm.min_pairs:
-                logger.warning("cycle: too few feedback pairs to train the reward model yet")
-                return "", {"trained": 0.0}
-            raise
+            frame = pd.read_parquet(pairs) if pairs.is_file() else None
+            if frame is None or len(frame) >= rm.min_pairs and (frame["split"] == "train").any():
+                raise
+            logger.warning("cycle: too few feedback pairs to train the reward model yet")
+            return "", {"trained": 0.0, "n_pairs_feedback": float(len(frame))}
         metrics = mlflow.get_run(run_id).data.metrics if run_id else {}
         out = {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("reward_model.")}
         return run_id, {**out, "trained": 1.0}
@@ -251,6 +257,10 @@ class Simulation:
             "prompts_from_traces": int((prompts["source"] == "mlflow_traces").sum()),
             "prompts_hash": int(stable_hash(sorted(prompts["prompt_id"]))[:12], 16),
         }
+        requests = sorted((self.root / "data/02_intermediate/ingest_trace_requests").glob("*"))
+        # a trace re-read for its late feedback is appended again: count distinct traces
+        ids = {t for f in requests for t in pd.read_parquet(f, columns=["trace_id"])["trace_id"]}
+        out["trace_requests_ingested"] = len(ids)
         pairs = self.root / "data/05_model_input/reward_model/pairs.parquet"
         if pairs.is_file() and self.params.feedback_reward_model:
             frame = pd.read_parquet(pairs)

@@ -95,6 +95,10 @@ def _fmt(value: Any, signed: bool = False) -> str:
     return str(value)
 
 
+def _count(value: Any) -> str:
+    return "—" if value is None or pd.isna(value) else str(int(value))
+
+
 def _ci(row: pd.Series, name: str) -> str:
     if pd.isna(row.get(f"vs_{name}_diff")):
         return "—"
@@ -131,7 +135,7 @@ def cycle_table(summary: pd.DataFrame, title: str = "") -> str:
             _fmt(row.get("candidate_accuracy")),
             str(row.get("gate") if row["cycle"] else "—"),
             _fmt(row.get("rm_eval_accuracy")),
-            *(_fmt(row.get(k)) for k in ("prompts_sent", "feedback_events", "feedback_pairs")),
+            *(_count(row.get(k)) for k in ("prompts_sent", "feedback_events", "feedback_pairs")),
         ]
         lines.append("| " + " | ".join(c.replace("nan", "—") for c in cells) + " |")
     return "\n".join(lines) + "\n"
