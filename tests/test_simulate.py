@@ -98,7 +98,11 @@ def test_two_smoke_cycles_feedback_trains_and_scores(kedro_project, tmp_path):
     from taoflow.simulate import Simulation, cycle_table, plot_cycles, summarise
     from taoflow.simulate.cycles import CYCLE_TAG, EXPERIMENT, PREVIOUS_TAG, RM_SCORER
 
-    params = validate_block("simulate", {**SMOKE, "workspace": str(tmp_path / "sim")})
+    # a gate that promotes any non-worse candidate, so cycle 2 serves and trains from a champion
+    kedro_params = {**SMOKE["kedro_params"], "promote": {"min_ci_low": -1.0}}
+    params = validate_block(
+        "simulate", {**SMOKE, "kedro_params": kedro_params, "workspace": str(tmp_path / "sim")}
+    )
     sim = Simulation(kedro_project, params, name="smoke", env="smoke")
     results = sim.run()
     root = tmp_path / "sim" / "smoke"
@@ -137,10 +141,40 @@ def test_two_smoke_cycles_feedback_trains_and_scores(kedro_project, tmp_path):
     tao_run = mlflow.get_run(runs["tags.taoflow.kedro_runs"].iloc[1].split(",")[-1])
     assert RM_SCORER in json.dumps(tao_run.data.params)
 
+    # cycle 1 promoted; cycle 2 served that champion and trained the next round from it
+    assert results[0].served == "tiny-random" and results[0].decision["promoted"]
+    assert results[1].served == f"models:/taoflow-policy/{results[0].decision['version']}"
+    start = mlflow.get_run(runs["tags.taoflow.kedro_runs"].iloc[1].split(",")[-1])
+    assert "served" in start.data.params["model.name_or_path"]
+    assert results[1].decision["alias"] == "champion"
+
     summary = summarise(results)
     assert summary["cycle"].tolist() == [0, 1, 2]
-    assert summary["gate"].iloc[1:].isin(["champion", "challenger"]).all()
+    assert summary["gate"].iloc[1:].tolist() == ["champion", "champion"]
     table = cycle_table(summary)
     assert table.count("\n| ") == 4 and "[" in table
     plot_cycles({"smoke": summary}).savefig(tmp_path / "accuracy.png")
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_reward_model_stage_without_scored_pairs_needs_no_round():
+    """``reward_model.pairs.from_scored: false`` drops the scored input from the stage's graph."""
+    from taoflow.config.graph import _context_params
+    from taoflow.pipelines.reward_model.pipeline import create_pipeline
+
+    before = dict(_context_params)
+    try:
+        _context_params.clear()
+        _context_params["reward_model"] = validate_block("reward_model", {})
+        assert "round_1.scored" in create_pipeline().inputs()
+        _context_params["reward_model"] = validate_block(
+            "reward_model", {"pairs": {"from_scored": False}}
+        )
+        assert create_pipeline().inputs() == {
+            "ingest_trace_requests",
+            "params:reward_model",
+            "params:seed",
+        }
+    finally:
+        _context_params.clear()
+        _context_params.update(before)

@@ -201,7 +201,7 @@ class Simulation:
         champion = has_champion(config.registered_model)
         ref = "champion" if champion else self.model.name_or_path
         policy, version = load_served_policy(ref, config.registered_model, config.cache_dir)
-        start_model = served_folder(config.cache_dir, policy.lineage) if champion else None
+        start_model = served_folder(config.cache_dir, policy) if champion else None
         recorder = TraceRecorder(config.capture.experiment, version, lineage=policy.lineage)
         app = create_app(policy, config, model_version=version, token=self.token, recorder=recorder)
         with BackgroundServer(app, host=config.host, port=0) as url:
@@ -357,19 +357,21 @@ def has_champion(name: str) -> bool:
     return True
 
 
-def served_folder(cache_dir: str, lineage: dict[str, Any]) -> str:
-    """The downloaded champion's Hugging Face folder, for the next round to start from."""
-    from taoflow.serving.loading import _hf_folders
+def served_folder(cache_dir: str, policy: Any) -> str:
+    """The served champion as a plain Hugging Face folder (weights, tokenizer, lineage).
 
-    target = (
-        Path(cache_dir)
-        / "served"
-        / (f"{lineage['registered_name']}-v{lineage['registered_version']}")
-    )
-    weights, tokenizer = _hf_folders(target)
-    if weights != tokenizer:
-        raise ValueError(f"champion at {target} keeps its tokenizer apart; cannot train from it")
-    return str(weights)
+    The registry keeps an MLflow ``transformers`` model (tokenizer under ``components/``); the
+    next round's ``model.name_or_path`` needs one ``from_pretrained`` folder, written once per
+    version.
+    """
+    from taoflow.models import save_policy
+
+    lineage = policy.lineage
+    name = f"{lineage['registered_name']}-v{lineage['registered_version']}"
+    target = Path(cache_dir) / "simulate" / name
+    if not (target / "config.json").is_file():
+        save_policy(policy, target)
+    return str(target)
 
 
 def read_json(path: Path) -> dict[str, Any]:

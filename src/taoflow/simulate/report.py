@@ -42,6 +42,14 @@ def _scores(frame: pd.DataFrame, benchmark: str, model: str) -> pd.Series:
     return rows.set_index(rows["item_id"].astype(str))[METRIC].astype(float).sort_index()
 
 
+def _gate(decision: dict[str, Any]) -> str:
+    """champion (promoted), challenger (refused), or why nothing was registered."""
+    if decision.get("alias"):
+        return str(decision["alias"])
+    reason = str(decision.get("reason") or "")
+    return "same weights as a registered version" if "already registered" in reason else "off"
+
+
 def _paired(a: pd.Series, b: pd.Series, seed: int) -> dict[str, float]:
     common = a.index.intersection(b.index)
     got = paired_comparison(a[common].to_numpy(), b[common].to_numpy(), seed=seed)
@@ -66,7 +74,7 @@ def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
             "champion": f"v{result.decision.get('version')}" if promoted else "kept",
             "accuracy": champion.mean(),
             "candidate_accuracy": candidate.mean(),
-            "gate": str(result.decision.get("alias") or "refused"),
+            "gate": _gate(result.decision),
             "gate_diff": result.decision.get("diff"),
         }
         for name, other in (("base", base), ("prev", served)):
