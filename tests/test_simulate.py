@@ -145,7 +145,7 @@ def test_two_smoke_cycles_feedback_trains_and_scores(kedro_project, tmp_path):
     assert results[0].served == "tiny-random" and results[0].decision["promoted"]
     assert results[1].served == f"models:/taoflow-policy/{results[0].decision['version']}"
     start = mlflow.get_run(runs["tags.taoflow.kedro_runs"].iloc[1].split(",")[-1])
-    assert "served" in start.data.params["model.name_or_path"]
+    assert start.data.params["model.name_or_path"] == "data/06_models/simulate/taoflow-policy-v1"
     assert results[1].decision["alias"] == "champion"
 
     summary = summarise(results)
@@ -178,3 +178,17 @@ def test_reward_model_stage_without_scored_pairs_needs_no_round():
     finally:
         _context_params.clear()
         _context_params.update(before)
+
+
+def test_workspace_never_replaces_a_folder_it_did_not_make(tmp_path):
+    from taoflow.simulate.workspace import prepare_workspace
+    from tests.conftest import PROJECT_ROOT
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not made by the simulator"):
+        prepare_workspace(PROJECT_ROOT, mine, "tiny-random", str(tmp_path / "cache"))
+    assert (mine / "keep.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="holds the project"):
+        prepare_workspace(PROJECT_ROOT, PROJECT_ROOT.parent, "tiny-random", str(tmp_path))

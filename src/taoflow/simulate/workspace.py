@@ -14,6 +14,8 @@ from pathlib import Path
 
 from taoflow.models import resolve_model_path
 
+MARKER = ".taoflow-simulate"
+
 
 def prepare_workspace(project: Path, root: Path, model_ref: str, cache_dir: str) -> Path:
     """A fresh ``root``: pyproject, conf, data/01_raw copied; the base model's cache linked.
@@ -22,10 +24,17 @@ def prepare_workspace(project: Path, root: Path, model_ref: str, cache_dir: str)
     in minutes) and linked into the workspace's, so every simulation reuses it.
     """
     project, root = project.resolve(), root.resolve()
-    if project == root or project in root.parents and root.name in ("", "data"):
-        raise ValueError(f"refusing to use {root} as a simulation workspace")
-    shutil.rmtree(root, ignore_errors=True)
+    marker = root / MARKER
+    if root == project or root in project.parents:
+        raise ValueError(f"simulate.workspace: {root} holds the project itself")
+    if root.is_dir() and any(root.iterdir()) and not marker.is_file():
+        raise ValueError(
+            f"simulate.workspace: {root} is not empty and was not made by the simulator; "
+            "choose another simulate.workspace or --name"
+        )
+    shutil.rmtree(root, ignore_errors=True)  # only ever a folder this function made
     root.mkdir(parents=True)
+    marker.write_text("made by taoflow.simulate; rebuilt at every simulation\n")
     shutil.copy(project / "pyproject.toml", root)
     shutil.copytree(project / "conf", root / "conf")
     (root / "src").mkdir()  # bootstrap only checks the folder; taoflow itself is installed
