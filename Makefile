@@ -87,3 +87,13 @@ check-ddp:  ## 2-rank gloo DDP of rft, dpo+LoRA, kto, sft_oracle and reward_mode
 	@log=$$(mktemp); TAOFLOW_CHECK_DDP=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_launch.py -v -rP -p no:cacheprovider -W ignore::FutureWarning >$$log 2>&1; rc=$$?; \
 	grep -E '^(ranks|ddp )|PASSED|FAILED|SKIPPED|ERROR|^E |[0-9]+ (passed|failed)' $$log; \
 	test $$rc -eq 0 || tail -40 $$log; rm -f $$log; exit $$rc
+
+# Continuous improvement, measured (docs/continuous-improvement.md): serve → simulated users and
+# feedback → kedro run, in cycles. Real cycles on the embedded default take hours; ARGS adds flags
+# (--ablation, --noise 0 0.2 0.4, --coverage 0.1 0.3 1). Reports land in data/08_reporting/simulate/.
+.PHONY: simulate simulate-smoke
+simulate:
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py $(ARGS)
+
+simulate-smoke:  ## two short cycles on the tiny model
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py --env smoke --smoke --name smoke --out data/08_reporting/simulate_smoke $(ARGS)

@@ -33,6 +33,7 @@ BLOCKS: dict[str, str] = {
     "reuse": "taoflow.config.reuse:ReuseParams",
     "launch": "taoflow.config.launch:LaunchParams",
     "serve": "taoflow.serving.config:ServeConfig",
+    "simulate": "taoflow.config.simulate:SimulateParams",
 }
 
 

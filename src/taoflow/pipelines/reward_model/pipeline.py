@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline, node
 
+from taoflow.config.graph import graph_parameters
+from taoflow.config.reward_model import RewardModelParams
 from taoflow.pipelines.reward_model.nodes import (
     assemble_pairs,
     feedback_preference_pairs,
@@ -13,7 +15,14 @@ from taoflow.pipelines.reward_model.nodes import (
 
 
 def create_pipeline(scored: str | None = "round_1.scored", **kwargs) -> Pipeline:
-    """``scored``: the scored-candidates dataset to mine top-vs-bottom pairs from (None: feedback only)."""
+    """``scored``: the scored-candidates dataset to mine top-vs-bottom pairs from (None: feedback only).
+
+    With ``reward_model.pairs.from_scored: false`` the graph has no scored input at all, so the
+    stage runs before any round has scored anything (feedback alone).
+    """
+    settings: RewardModelParams = graph_parameters().get("reward_model") or RewardModelParams()
+    if not settings.pairs.from_scored:
+        scored = None
     nodes = [
         node(
             feedback_preference_pairs,
