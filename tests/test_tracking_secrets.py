@@ -86,6 +86,19 @@ def test_a_uri_holding_a_short_password_is_masked_whole():
     assert mask_secrets({"uri": uri, "n": "pw1x"}, secrets) == {"uri": MASK, "n": "pw1x"}
 
 
+def test_a_name_the_configuration_reads_from_the_environment_is_not_masked():
+    """An experiment named `taoflow` must not turn the tag key `version.taoflow` into
+    `version.***` (MLflow rejects it) or garble model names; a URI beside it still is masked."""
+    uri = "https://user:tok3n@mlflow.example"
+    secrets = env_secrets(
+        ["TAOFLOW_EXPERIMENT", "MLFLOW_TRACKING_URI"],
+        {"TAOFLOW_EXPERIMENT": "taoflow", "MLFLOW_TRACKING_URI": uri},
+    )
+    assert secrets == (uri,)
+    tags = {"version.taoflow": "0.1", "uri": uri}
+    assert mask_secrets(tags, secrets) == {"version.taoflow": "0.1", "uri": MASK}
+
+
 def test_the_tracking_server_extra_is_pinned():
     """`make check-mlflow-server` installs the extra from pyproject: one exact pin."""
     path = PROJECT_ROOT / "benchmarks" / "check_mlflow_server.py"

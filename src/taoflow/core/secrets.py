@@ -19,6 +19,9 @@ from typing import Any
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
+# Variables the shipped configuration reads that hold a name, never a credential: masking their
+# value would garble every string that mentions it (``taoflow`` in tag keys and model names).
+PUBLIC_ENV_VARS = frozenset({"TAOFLOW_EXPERIMENT"})
 _ENV_REF = re.compile(r"\$\{\s*oc\.env\s*:\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -36,9 +39,9 @@ def referenced_env_vars(conf_source: str | Path) -> set[str]:
 
 
 def env_secrets(names: Iterable[str], environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The current values of ``names`` worth masking, longest first."""
+    """The current values of ``names`` worth masking, longest first (not :data:`PUBLIC_ENV_VARS`)."""
     environ = os.environ if environ is None else environ
-    values = {environ.get(n) or "" for n in names}
+    values = {environ.get(n) or "" for n in names if n not in PUBLIC_ENV_VARS}
     return tuple(sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True))
 
 
