@@ -172,6 +172,7 @@ def test_reward_model_stage_without_scored_pairs_needs_no_round():
         )
         assert create_pipeline().inputs() == {
             "ingest_trace_requests",
+            "params:launch",
             "params:reward_model",
             "params:seed",
         }
