@@ -9,7 +9,7 @@ not in it) into a temporary folder and runs there, as a new user would:
 * the commands of README's first ``bash`` block, in order, read from README itself so this check
   cannot drift from the docs: ``make install`` only with ``--install`` (else this interpreter's
   virtual environment is reused, with the clone's ``src`` first on ``PYTHONPATH``), ``make test``
-  only with ``--tests``, the main job ``kedro run`` only with ``--main-job`` (about 15 minutes);
+  only with ``--tests``, the main job ``kedro run`` only with ``--main-job`` (over 20 minutes on 2 cores);
   the quick start ``kedro run --env smoke`` always;
 * ``taoflow --help``, expecting every command of README's "Commands" table;
 * ``kedro run --env <name>`` with the misspelt env README's troubleshooting section shows,
@@ -98,7 +98,7 @@ def plan(readme: str, args: argparse.Namespace) -> list[Step]:
                 Step(
                     command,
                     expect_lines=[r"Pipeline execution completed"],
-                    skip=None if args.main_job else "about 15 min (--main-job)",
+                    skip=None if args.main_job else "over 20 min (--main-job)",
                     timeout=4 * 3600,
                 )
             )
