@@ -9,6 +9,7 @@ returned metrics.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -103,20 +104,20 @@ def train(  # keyword-only: wired by name in pipeline.py
     round_ = check_lineage(scored, input_policy.lineage)
     reference = reference_policy if train.reference_is_initial else None
 
-    def run() -> tuple[Policy, dict[str, Any]]:
-        return _train_round(
-            train_examples,
-            scored,
-            prompts,
-            input_policy,
-            train,
-            int(seed),
-            task,
-            score,
-            reference,
-            launch,
-        )
-
+    run = partial(
+        _train_round,
+        train_examples,
+        scored,
+        prompts,
+        input_policy,
+        train,
+        int(seed),
+        task,
+        score,
+        reference,
+        launch,
+        round_,
+    )
     if reuse is None:
         return run()
     return reuse_or_train(
@@ -147,11 +148,11 @@ def _train_round(  # noqa: PLR0913, PLR0917 - the node's inputs, passed on
     score: Any,
     reference: Policy | None,
     launch: LaunchParams | None,
+    round_: int,
 ) -> tuple[Policy, dict[str, Any]]:
     """One round's training (what :func:`train` runs when nothing cached matches)."""
     from taoflow.training import CollapseEarlyStopping, train_policy  # TRL: imported here
 
-    round_ = check_lineage(scored, input_policy.lineage)
     data_hashes = {"scored": frame_hash(scored), "train_examples": frame_hash(train_examples)}
     scorer = reward_fn = stopper = None
     callbacks = []
