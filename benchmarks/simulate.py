@@ -108,7 +108,7 @@ def variants(args: argparse.Namespace, base: dict) -> list[tuple[str, dict]]:
 def main(argv: list[str] | None = None) -> int:
     from taoflow.config.base import validate_block
     from taoflow.serving.config import load_project_config
-    from taoflow.simulate import Simulation, cycle_table, plot_cycles, summarise
+    from taoflow.simulate import Simulation, cycle_table, summarise
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "openai", "openai._base_client"):
@@ -128,14 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         summary.to_csv(out / f"{name}.csv", index=False)
         sections.append(cycle_table(summary, title=f"{name} ({timings[name]:.0f} s)"))
         print(sections[-1], flush=True)
+        write_report(out, argv, sections, summaries)  # after each simulation: a kill keeps them
+    print(f"report: {out / 'report.md'}\nplot: {out / 'accuracy.png'}")
+    return 0
+
+
+def write_report(out: Path, argv: list[str] | None, sections: list[str], summaries: dict) -> None:
+    """``report.md`` and ``accuracy.png`` for the simulations finished so far."""
+    from taoflow.simulate import plot_cycles
+
     command = "python benchmarks/simulate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = ["## Continuous improvement", "", f"`{command.strip()}`", "", *sections]
     if len(summaries) > 1:
         report += [comparison(summaries)]
     (out / "report.md").write_text("\n".join(report))
     plot_cycles(summaries).savefig(out / "accuracy.png", dpi=120)
-    print(f"report: {out / 'report.md'}\nplot: {out / 'accuracy.png'}")
-    return 0
 
 
 def comparison(summaries: dict) -> str:

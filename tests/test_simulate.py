@@ -193,3 +193,16 @@ def test_workspace_never_replaces_a_folder_it_did_not_make(tmp_path):
     assert (mine / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="holds the project"):
         prepare_workspace(PROJECT_ROOT, PROJECT_ROOT.parent, "tiny-random", str(tmp_path))
+
+
+def test_reuse_cache_is_shared_beside_the_simulations(tmp_path):
+    from taoflow.simulate.cycles import shared_reuse
+
+    raw = {"reuse": {"cache_dir": "data/06_models/cache"}}
+    got = shared_reuse(raw, tmp_path / "sim", {"tao": {"rounds": 1}})
+    assert got == {
+        "tao": {"rounds": 1},
+        "reuse": {"cache_dir": str(tmp_path / "sim/reuse-cache/cache")},
+    }
+    absolute = {"reuse": {"cache_dir": str(tmp_path / "mine")}}
+    assert shared_reuse(absolute, tmp_path / "sim", {}) == {}

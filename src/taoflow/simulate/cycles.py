@@ -58,6 +58,23 @@ class CycleResult:
     per_prompt: pd.DataFrame | None = None
 
 
+def shared_reuse(
+    raw: dict[str, Any], workspace: Path, kedro_params: dict[str, Any]
+) -> dict[str, Any]:
+    """``kedro_params`` with a relative ``reuse.cache_dir`` moved beside the simulations.
+
+    Every simulation's workspace is rebuilt, but trainings keyed by content (the sft_oracle
+    yardstick, a round whose scored data an ablation leaves unchanged) are the same across them:
+    one cache under ``<workspace>/reuse-cache`` trains each once. An absolute ``cache_dir``
+    (here or in ``kedro_params``) is kept as given.
+    """
+    cache_dir = Path(str((raw.get("reuse") or {}).get("cache_dir", "data/06_models/cache")))
+    if cache_dir.is_absolute():
+        return dict(kedro_params)
+    shared = (workspace / "reuse-cache" / cache_dir.name).resolve()
+    return deep_merge(kedro_params, {"reuse": {"cache_dir": str(shared)}})
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """``extra`` over ``base``, nested mappings merged (lists replaced)."""
     out = dict(base)
@@ -88,6 +105,9 @@ class Simulation:
         self.task = validate_block("task", self.raw.get("task"))
         self.model = validate_block("model", self.raw.get("model"))
         self.root = self.project / params.workspace / name
+        self.overrides = shared_reuse(
+            self.raw, self.project / params.workspace, params.kedro_params
+        )
         self.token = secrets.token_urlsafe(24)
         self.results: list[CycleResult] = []
 
@@ -158,7 +178,7 @@ class Simulation:
         result = CycleResult(cycle=cycle, served=served)
         result.counts.update(traffic_counts(plan, outcomes, late))
         result.counts["traffic_hash"] = int(users.plan_digest(plan)[:12], 16)
-        overrides = deep_merge(self.params.kedro_params, {"ingest": {"traces": {"enabled": True}}})
+        overrides = deep_merge(self.overrides, {"ingest": {"traces": {"enabled": True}}})
         if start_model is not None:
             overrides = deep_merge(overrides, {"model": {"name_or_path": start_model}})
         runs = []
