@@ -78,6 +78,12 @@ class GenerateParams(StrictModel):
     vllm: VllmEngineParams = Field(
         VllmEngineParams(), description="the engine of backend: vllm (generate, evaluate, judge)"
     )
+    decode: Literal["generate", "steps", "static", "compiled"] = Field(
+        "generate",
+        description="transformers backend's decoding loop: generate (model.generate per chunk), "
+        "steps (own loop, same outputs), static (own loop, static KV cache), compiled (static + "
+        "torch.compile); part of the shard key when not generate",
+    )
 
     @field_validator("strategies")
     @classmethod

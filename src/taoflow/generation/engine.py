@@ -22,7 +22,7 @@ used only when selected and fails with a clear message when vLLM is missing.
 
 from __future__ import annotations
 
-import inspect
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +32,14 @@ from tqdm.auto import tqdm
 from taoflow.core.ids import derive_seed
 from taoflow.core.lazy import lazy_module
 from taoflow.generation.chat import render_chat_ids, special_token_texts
+from taoflow.generation.stepping import (
+    DECODE_MODES,
+    cache_argument,
+    decode_generate,
+    decode_loop,
+    new_cache,
+    select_rows,
+)
 from taoflow.models import Policy
 
 # imported on first use (taoflow.core.lazy): importing a stage's nodes stays cheap
@@ -159,6 +167,7 @@ def generate_completions(
     chunk_tokens: int = 4,
     on_token: Callable[[int, int, int], None] | None = None,
     engine: Any = None,
+    decode: str = "generate",
 ) -> list[list[dict]]:
     """Sample completions for chat conversations, batched for throughput.
 
@@ -182,6 +191,8 @@ def generate_completions(
     ``backend``: ``transformers`` (this module) or ``vllm`` (:mod:`taoflow.generation.vllm`, the
     same contract); ``engine`` is the vLLM engine's settings (``generate.vllm``, a
     :class:`~taoflow.config.generate.VllmEngineParams`; None: its defaults).
+    ``decode``: how the transformers backend decodes, one of ``DECODE_MODES``
+    (:mod:`taoflow.generation.stepping`); ``generate`` is today's path.
     """
     _check_arguments(
         backend=backend,
@@ -192,6 +203,8 @@ def generate_completions(
         chunk_tokens=chunk_tokens,
         token_budget=token_budget,
     )
+    if decode not in DECODE_MODES:
+        raise ValueError(f"Unknown decode mode {decode!r}; expected one of {DECODE_MODES}.")
     counts = _counts(num_return_sequences, len(conversations))
     if seeds is None:
         seeds = [derive_seed(seed, i) for i in range(len(conversations))]
@@ -228,6 +241,7 @@ def generate_completions(
         "max_new_tokens": max_new_tokens,
         "stops": stop_token_ids(policy),
         "chunk_tokens": chunk_tokens,
+        "decode": decode,
     }
     label = progress if isinstance(progress, str) else "generate"
     bar = tqdm(total=len(conversations), desc=label, unit="prompt", disable=not progress)
@@ -334,6 +348,7 @@ def _generate_batch(
     max_new_tokens: int,
     stops: list[int],
     chunk_tokens: int,
+    decode: str = "generate",
     on_token: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one batch of rows; returns completion, finish reason, log-prob per row.
@@ -348,6 +363,7 @@ def _generate_batch(
 
     Rows sample from their own generators (kept across chunks), so results do not depend on
     either saving. ``on_token(row, token_id)`` sees each row's tokens as they are decoded.
+    ``decode``: ``generate`` (below) or a loop of :mod:`taoflow.generation.stepping`.
     """
     from taoflow.generation.sampling import SeededSampler  # subclasses of transformers classes
     from taoflow.generation.streaming import RowStreamer
@@ -371,54 +387,32 @@ def _generate_batch(
     stopped = [False] * n_rows
     stop_set = set(stops)
 
+    collect = functools.partial(
+        _collect_chunk, stop_set=stop_set, tokens=tokens, logprobs=logprobs, stopped=stopped
+    )
+
+    def sampler(active: list[int]) -> Any:
+        if decode == "generate":  # logits processors: a one-hot row that generate's argmax follows
+            return [] if greedy else [SeededSampler([generators[r] for r in active], *warp)]
+        return None if greedy else SeededSampler([generators[r] for r in active], *warp).draw
+
+    warp = (temperature, top_p, top_k)
+    streamer_for = on_token and (lambda active: RowStreamer(active, stop_set, on_token))
     with torch.inference_mode():
-        cache, ids, mask = _shared_prefill(model, padded, gather)
-        active = list(range(n_rows))
-        produced = 0
-        while active and produced < max_new_tokens:
-            steps = min(chunk_tokens, max_new_tokens - produced)
-            config = transformers.GenerationConfig(
-                do_sample=False,  # sampling happens in SeededSampler; argmax follows its choice
-                max_new_tokens=steps,
-                eos_token_id=stops,
-                pad_token_id=pad_id,
-                return_dict_in_generate=True,
-                output_logits=True,
-                use_cache=True,
-            )
-            sampler = (
-                []
-                if greedy
-                else [SeededSampler([generators[r] for r in active], temperature, top_p, top_k)]
-            )
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                **_cache_argument(model, cache),
-                generation_config=config,
-                logits_processor=transformers.LogitsProcessorList(sampler),
-                streamer=RowStreamer(active, stop_set, on_token) if on_token else None,
-            )
-            new = out.sequences[:, ids.shape[1] :]
-            keep = _collect_chunk(
-                new,
-                out.logits,
-                active,
-                stop_set=stop_set,
-                tokens=tokens,
-                logprobs=logprobs,
-                stopped=stopped,
-            )
-            produced += new.shape[1]
-            if not keep or produced >= max_new_tokens:
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], new.shape[1])], dim=1)
-            ids = out.sequences
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                ids, mask = ids[index], mask[index]
-            active = [active[k] for k in keep]
+        cache = new_cache(model, decode, padded["input_ids"].shape[1] + max_new_tokens)
+        cache, ids, mask = _shared_prefill(model, padded, gather, cache)
+        common = {
+            "sampler": sampler,
+            "max_new_tokens": max_new_tokens,
+            "stop_set": stop_set,
+            "chunk_tokens": chunk_tokens,
+            "collect": collect,
+            "streamer_for": streamer_for,
+        }
+        if decode == "generate":
+            decode_generate(model, cache, ids, mask, pad_id=pad_id, **common)
+        else:
+            decode_loop(model, cache, ids, mask, mode=decode, active=list(range(n_rows)), **common)
 
     return [_row_result(tokenizer, tokens[r], logprobs[r], stopped[r]) for r in range(n_rows)]
 
@@ -449,32 +443,25 @@ def _collect_chunk(
     return keep
 
 
-def _shared_prefill(model: Any, padded: Any, gather: torch.Tensor) -> tuple[Any, Any, Any]:
+def _shared_prefill(
+    model: Any, padded: Any, gather: torch.Tensor, cache: Any
+) -> tuple[Any, Any, Any]:
     """Prefill each distinct prompt once, then copy its cache rows to every row that shares it.
 
     All but the last prompt token are prefilled; ``generate`` feeds that one.
     """
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
     ids, mask = padded["input_ids"], padded["attention_mask"]
     if ids.shape[1] > 1:
         model(
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
             position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_(min=0),
-            **_cache_argument(model, cache),
+            **cache_argument(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
-        cache.batch_select_indices(gather)
+        select_rows(cache, gather)
     return cache, ids[gather], mask[gather]
-
-
-def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:
-    """``cache=``, or ``past_key_values=`` in transformers < 5.20 (what vLLM's extras pin)."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
 
 
 def _chosen_logprobs(new: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -42,15 +42,20 @@ class SeededSampler(LogitsProcessor):
         self.warpers = LogitsProcessorList(warpers)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tokens = self.draw(scores)
+        onehot = torch.full_like(scores, float("-inf"))
+        return onehot.scatter_(1, tokens[:, None], 0.0)
+
+    def draw(self, scores: torch.FloatTensor) -> torch.LongTensor:
+        """One token per row from ``scores`` (raw logits, left unchanged)."""
         if scores.shape[0] != len(self.generators):
             raise RuntimeError(
                 f"SeededSampler got {scores.shape[0]} rows for {len(self.generators)} generators."
             )
-        probs = self.warpers(input_ids, scores).float().softmax(dim=-1)
+        probs = self.warpers(None, scores).float().softmax(dim=-1)
         cdf = probs.cumsum(dim=-1)
         draws = torch.cat([torch.rand(1, generator=g) for g in self.generators])
         target = (draws.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
         # side="right": the first token whose cumulative mass exceeds the draw always has p > 0.
         tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
-        onehot = torch.full_like(scores, float("-inf"))
-        return onehot.scatter_(1, tokens, 0.0)
+        return tokens.squeeze(1)

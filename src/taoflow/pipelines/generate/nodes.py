@@ -163,6 +163,8 @@ def generate_candidates(
         "system_prompt": default_system,
         "policy": policy_fingerprint(input_policy),
     }
+    if generate.decode != "generate":  # keyed only when set: the default's shard ids are unchanged
+        plan_key["decode"] = generate.decode
 
     shards: dict[str, Callable[[], pd.DataFrame]] = {}
     for index, start in enumerate(range(0, len(train), shard_size)):
@@ -185,6 +187,7 @@ def generate_candidates(
             default_system=default_system,
             token_budget=generate.token_budget,
             backend=generate.backend,
+            decode=generate.decode,
         )
     return shards
 
@@ -203,6 +206,7 @@ def _shard_job(
     default_system: str | None,
     token_budget: int,
     backend: str,
+    decode: str = "generate",
 ) -> Callable[[], pd.DataFrame]:
     def run() -> pd.DataFrame:
         started = time.perf_counter()
@@ -234,6 +238,7 @@ def _shard_job(
                 token_budget=token_budget,
                 progress=f"shard {shard_id[:5]} {name}",
                 backend=backend,
+                decode=decode,
             )
             for i, samples, (_, rewritten) in zip(live, outputs, viewed, strict=True):
                 for j, sample in enumerate(samples):
