@@ -13,6 +13,11 @@ Same workload, same process, same model (the embedded default, SmolLM2-135M-Inst
 (a) and (c) run ``--repeats`` times, alternating, and each keeps its best time: the box is
 shared, and a neighbour's burst should not decide a ratio.
 
+``--variants generate,steps,static,compiled`` runs (a) once per ``generate.decode`` mode, side by
+side on the same workload (each warmed up first, untimed: ``compiled`` compiles there), and
+checks each against the first: same sampled candidates (ids, seeds, texts), the largest log-prob
+gap, and the same greedy tokens on every prompt.
+
 Targets on the 2-core CPU box: (a) ≥ 1.5× (c) and ≥ 8× (b). Also printed: the fraction of the
 machine's measured fp32 matmul FLOP/s that (a) reaches, counting the least work the job needs
 (each prompt once through the body, each completion token through the body and the LM head).
@@ -21,6 +26,9 @@ Run (heavy: take the shared lock)::
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 flock /tmp/taoflow-heavy.lock \
         python benchmarks/bench_generate.py
+    # the decoding variants side by side (docs/performance.md, "Generation speed"):
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 flock /tmp/taoflow-heavy.lock \
+        python benchmarks/bench_generate.py --variants generate,steps,static,compiled --skip b
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch  # noqa: E402
 from taoflow.config.generate import GenerateParams  # noqa: E402
 from taoflow.config.shared import TaskParams  # noqa: E402
 from taoflow.core.ids import stable_hash  # noqa: E402
+from taoflow.generation import generate_completions  # noqa: E402
 from taoflow.models import load_policy  # noqa: E402
 from taoflow.pipelines.generate.nodes import collect_candidates, generate_candidates  # noqa: E402
 
@@ -81,10 +90,13 @@ def matmul_flops(size: int = 1024, seconds: float = 2.0) -> float:
     return best
 
 
-def run_node(policy, prompts, args, token_budget: int) -> tuple[float, int, pd.DataFrame]:
+def run_node(
+    policy, prompts, args, token_budget: int, decode: str = "generate"
+) -> tuple[float, int, pd.DataFrame]:
     config = GenerateParams.model_validate(
         {
             "backend": "transformers",
+            "decode": decode,
             "num_candidates": args.candidates,
             "shard_size": args.shard_size,
             "token_budget": token_budget,
@@ -99,6 +111,28 @@ def run_node(policy, prompts, args, token_budget: int) -> tuple[float, int, pd.D
     elapsed = time.perf_counter() - start
     candidates, _ = collect_candidates({k: (lambda f=f: f) for k, f in frames.items()})
     return elapsed, int(candidates["n_tokens"].sum()), candidates
+
+
+def greedy_ids(policy, prompts, args, decode: str) -> list[list[int]]:
+    """Greedy completions of every prompt under one decode variant (the equality check)."""
+    conversations = [list(m) for m in prompts["messages"]]
+    results = generate_completions(
+        policy,
+        conversations,
+        do_sample=False,
+        max_new_tokens=args.max_new_tokens,
+        token_budget=args.token_budget,
+        decode=decode,
+    )
+    return [r[0]["token_ids"] for r in results]
+
+
+def compare(reference: pd.DataFrame, other: pd.DataFrame) -> str:
+    """Same sampled candidates (text, seed, length) as the reference variant, and log-prob gap."""
+    keys = ["candidate_id", "seed", "completion", "n_tokens", "finish_reason"]
+    same = reference[keys].reset_index(drop=True).equals(other[keys].reset_index(drop=True))
+    gap = (reference["logprob"].to_numpy() - other["logprob"].to_numpy()).__abs__().max()
+    return f"same samples {same}, max |logprob gap| {gap:.2e}"
 
 
 def chat_texts(policy, prompts) -> list[str]:
@@ -167,7 +201,7 @@ def useful_flops(policy, prompts, candidates: pd.DataFrame) -> float:
     return 2.0 * body * (prompt_tokens + gen) + 2.0 * head * gen
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--prompts", type=int, default=32)
@@ -180,8 +214,18 @@ def main() -> None:
         "--repeats", type=int, default=3, help="(a) and (c) alternate this often; best counts"
     )
     parser.add_argument("--skip", default="", help="comma list of runs to skip: b,c")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--variants",
+        default="generate",
+        help="comma list of generate.decode modes for (a), side by side: generate,steps,static,"
+        "compiled (the first is the reference of the equality checks)",
+    )
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
+    variants = args.variants.split(",")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     policy = load_policy(args.model)
     prompts = workload(args.prompts)
@@ -190,38 +234,62 @@ def main() -> None:
         f"model={args.model} prompts={args.prompts} candidates={args.candidates} "
         f"max_new_tokens={args.max_new_tokens} shard_size={args.shard_size} "
         f"token_budget={args.token_budget} threads={torch.get_num_threads()} "
-        f"matmul peak={peak / 1e9:.1f} GFLOP/s"
+        f"matmul peak={peak / 1e9:.1f} GFLOP/s variants={variants}"
     )
-    # A shared machine is noisy: alternate (a) and (c) and keep each one's best run.
-    a_runs, c_runs = [], []
+    # Warm-up (not timed): a compiled variant compiles here, once per process.
+    for variant in variants:
+        start = time.perf_counter()
+        run_node(policy, prompts.head(2), args, args.token_budget, variant)
+        print(f"warm-up {variant}: {time.perf_counter() - start:.1f} s")
+    # A shared machine is noisy: alternate the runs and keep each one's best.
+    a_runs: dict[str, list] = {v: [] for v in variants}
+    c_runs = []
     for _ in range(args.repeats):
-        a_runs.append(run_node(policy, prompts, args, args.token_budget))
+        for variant in variants:
+            a_runs[variant].append(run_node(policy, prompts, args, args.token_budget, variant))
         if "c" not in args.skip:
             c_runs.append(run_plain(policy, prompts, args))
-    seconds, tokens, candidates = min(a_runs, key=lambda r: r[0])
-    if len(a_runs) > 1:
-        first, second = a_runs[0][2], a_runs[1][2]
-        print(f"(a) identical candidates across repeats: {first.equals(second)}")
-    rows = [("a", "taoflow generate node", seconds, tokens)]
+    report(policy, prompts, args, peak=peak, a_runs=a_runs, c_runs=c_runs)
+
+
+def report(policy, prompts, args, *, peak, a_runs, c_runs) -> None:
+    """The table: each (a) variant, (c), (b); equality checks; share of the matmul peak."""
+    best = {v: min(runs, key=lambda r: r[0]) for v, runs in a_runs.items()}
+    reference = next(iter(a_runs))
+    for variant, runs in a_runs.items():
+        if len(runs) > 1:
+            print(
+                f"(a) {variant}: identical candidates across repeats: {runs[0][2].equals(runs[1][2])}"
+            )
+        if variant != reference:
+            greedy = greedy_ids(policy, prompts, args, variant) == greedy_ids(
+                policy, prompts, args, reference
+            )
+            print(
+                f"(a) {variant} vs {reference}: {compare(best[reference][2], best[variant][2])}, "
+                f"same greedy tokens {greedy}"
+            )
+    rows = [(f"a:{v}", f"taoflow generate node, decode={v}", *best[v][:2]) for v in a_runs]
     if c_runs:
         rows.append(("c", "model.generate, batch 8 prompts, unsorted", *min(c_runs)))
     if "b" not in args.skip:
         rows.append(
             ("b", "pipeline(), one sequence per call", *run_pipeline(policy, prompts, args))
         )
-    a_rate = tokens / seconds
-    flops = useful_flops(policy, prompts, candidates)
-
-    print(f"\n{'run':<4}{'what':<44}{'seconds':>9}{'tokens':>8}{'tok/s':>9}{'a ÷ run':>9}")
+    header = "".join(f"{'÷ ' + v[:7]:>11}" for v in a_runs)
+    print(f"\n{'run':<12}{'what':<44}{'seconds':>9}{'tokens':>8}{'tok/s':>9}{header}")
     for key, what, secs, toks in rows:
         rate = toks / secs
-        print(f"{key:<4}{what:<44}{secs:>9.1f}{toks:>8d}{rate:>9.1f}{a_rate / rate:>8.2f}×")
-    print(
-        f"\n(a) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
-        f"{flops / seconds / peak:.1%} of measured matmul peak; "
-        f"mean completion {candidates['n_tokens'].mean():.1f} tokens, "
-        f"finish {candidates['finish_reason'].value_counts().to_dict()}"
-    )
+        ratios = "".join(f"{best[v][1] / best[v][0] / rate:>10.2f}×" for v in a_runs)
+        print(f"{key:<12}{what:<44}{secs:>9.1f}{toks:>8d}{rate:>9.1f}{ratios}")
+    for variant, (seconds, _, candidates) in best.items():
+        flops = useful_flops(policy, prompts, candidates)
+        print(
+            f"(a:{variant}) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
+            f"{flops / seconds / peak:.1%} of measured matmul peak; "
+            f"mean completion {candidates['n_tokens'].mean():.1f} tokens, "
+            f"finish {candidates['finish_reason'].value_counts().to_dict()}"
+        )
 
 
 if __name__ == "__main__":
