@@ -363,7 +363,8 @@ def _generate_batch(
 
     Rows sample from their own generators (kept across chunks), so results do not depend on
     either saving. ``on_token(row, token_id)`` sees each row's tokens as they are decoded.
-    ``decode``: ``generate`` (below) or a loop of :mod:`taoflow.generation.stepping`.
+    ``decode``: how the chunks are decoded (:mod:`taoflow.generation.stepping`: ``model.generate``
+    per chunk, or its own loop over a dynamic or static cache, optionally compiled).
     """
     from taoflow.generation.sampling import SeededSampler  # subclasses of transformers classes
     from taoflow.generation.streaming import RowStreamer

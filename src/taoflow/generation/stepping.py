@@ -94,7 +94,7 @@ def decode_loop(
         if streamer is not None:
             streamer.put(ids)  # the prompt, skipped by the streamer as generate's first put is
         tokens, logits = [], []
-        running = torch.ones(len(active), dtype=torch.bool)
+        running = torch.ones(len(active), dtype=torch.bool, device=ids.device)
         for _ in range(steps):
             step_logits = _step(forward, cache_kw, last, mask, width=width)
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
