@@ -97,3 +97,8 @@ simulate:
 
 simulate-smoke:  ## two short cycles on the tiny model
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py --env smoke --smoke --name smoke --out data/08_reporting/simulate_smoke $(ARGS)
+
+# torch.compile'd decode step (generate.decode: compiled): greedy tokens equal to generate's; compiles C++.
+.PHONY: check-compile
+check-compile:
+	TAOFLOW_CHECK_COMPILE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests/test_decode.py -v -p no:cacheprovider

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pandas as pd
 import pytest
@@ -124,6 +125,9 @@ def _prompts() -> pd.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("TAOFLOW_CHECK_COMPILE") != "1", reason="make check-compile (compiles C++)"
+)
 def test_compiled_step_keeps_greedy_tokens(stopping_policy):
     """torch.compile of the decoding step (C++ toolchain; the compilation takes a while)."""
     kwargs = {"do_sample": False, "max_new_tokens": 5, "token_budget": 10_000, "chunk_tokens": 8}
