@@ -52,7 +52,7 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
 
 
 def release_freed_memory() -> bool:
-    """Collect unreachable cycles (a trainer and its optimizer state), then trim the heap."""
+    """Collect unreachable reference cycles, then return the heap's free memory to the OS."""
     gc.collect()
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
