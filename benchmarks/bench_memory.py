@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         digest = run_evaluate(args.data, args.limit, sampler)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"peak {max(p for *_, p in sampler.rows):.2f} GB, VmHWM {usage.ru_maxrss * 1024 / 1e9:.2f} GB")
+    print(
+        f"peak {max(p for *_, p in sampler.rows):.2f} GB, VmHWM {usage.ru_maxrss * 1024 / 1e9:.2f} GB"
+    )
     print(f"CPU user {usage.ru_utime:.1f} s, sys {usage.ru_stime:.1f} s; output sha256 {digest}")
     return 0
 
