@@ -14,12 +14,20 @@ from omegaconf.resolvers import oc  # noqa: E402
 from taoflow.config.loader import LayeredConfigLoader  # noqa: E402
 from taoflow.context import TaoflowContext  # noqa: E402
 from taoflow.hooks import ReproducibilityHook, RunLockHook, StageTimingHook, TrackingHook  # noqa: E402
+from taoflow.memory import MemoryReleaseHook  # noqa: E402
 from taoflow.mlflow_run import RunInputsHook  # noqa: E402
 
 # kedro-mlflow's hook runs as TrackingHook (same hook, typed parameters logged as plain values).
 # RunLockHook: one run at a time per project directory. RunInputsHook: prompts, benchmarks and
 # candidates as MLflow run inputs, evaluation tables as MLflow tables.
-HOOKS = (TrackingHook(), ReproducibilityHook(), RunInputsHook(), StageTimingHook(), RunLockHook())
+HOOKS = (
+    TrackingHook(),
+    ReproducibilityHook(),
+    RunInputsHook(),
+    StageTimingHook(),
+    RunLockHook(),
+    MemoryReleaseHook(),
+)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 # Validates every parameter block and builds the graph from this env (taoflow.config.graph).
