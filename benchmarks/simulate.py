@@ -59,6 +59,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-feedback-rm", action="store_true", help="without the feedback RM only")
     p.add_argument("--ablation", action="store_true", help="also run without the feedback RM")
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild report.md and the plot from the simulations' workspaces; run nothing",
+    )
+    p.add_argument(
         "--kedro-params", default=None, help='JSON merged into every kedro run, e.g. {"tao": {...}}'
     )
     return p.parse_args(argv)
@@ -108,7 +113,7 @@ def variants(args: argparse.Namespace, base: dict) -> list[tuple[str, dict]]:
 def main(argv: list[str] | None = None) -> int:
     from taoflow.config.base import validate_block
     from taoflow.serving.config import load_project_config
-    from taoflow.simulate import Simulation, cycle_table, summarise
+    from taoflow.simulate import Simulation, cycle_table, load_results, summarise
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "openai", "openai._base_client"):
@@ -121,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, block in variants(args, dict(raw.get("simulate") or {})):
         params = validate_block("simulate", block)
         started = time.perf_counter()
-        results = Simulation(ROOT, params, name=name, env=args.env).run()
-        timings[name] = time.perf_counter() - started
+        if args.report_only:
+            results = load_results(ROOT / params.workspace / name, name)
+            timings[name] = sum(r.counts.get("cycle_seconds", 0.0) for r in results)
+        else:
+            results = Simulation(ROOT, params, name=name, env=args.env).run()
+            timings[name] = time.perf_counter() - started
         summary = summarise(results, seed=params.seed)
         summaries[name] = summary
         summary.to_csv(out / f"{name}.csv", index=False)

@@ -155,6 +155,14 @@ def test_two_smoke_cycles_feedback_trains_and_scores(kedro_project, tmp_path):
     assert table.count("\n| ") == 4 and "[" in table
     plot_cycles({"smoke": summary}).savefig(tmp_path / "accuracy.png")
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+    # the champion after each cycle against cycle 1's round, paired
+    assert summary["vs_first_round_diff"].iloc[1:].notna().all()
+
+    # the report rebuilt from the workspace alone (simulate.py --report-only) is the same table
+    from taoflow.simulate import load_results
+
+    again = summarise(load_results(root, "smoke"))
+    pd.testing.assert_frame_equal(again, summary, check_dtype=False)
 
 
 def test_reward_model_stage_without_scored_pairs_needs_no_round():

@@ -6,9 +6,10 @@ Not part of any pipeline; ``benchmarks/simulate.py`` (``make simulate``) drives 
 
 from taoflow.simulate.cycles import CycleResult, Simulation
 from taoflow.simulate.pool import Problem, assert_disjoint, build_pool
-from taoflow.simulate.report import cycle_table, plot_cycles, summarise
+from taoflow.simulate.report import cycle_table, load_results, plot_cycles, summarise
 
 __all__ = [
+    "load_results",
     "SMOKE",
     "CycleResult",
     "Problem",

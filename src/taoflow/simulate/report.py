@@ -9,14 +9,16 @@ cycle starts from the champion, so evaluation re-measures it beside the new roun
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from taoflow.core.stats import paired_comparison
-from taoflow.simulate.cycles import CycleResult
+from taoflow.simulate.cycles import CYCLE_TAG, EXPERIMENT, CycleResult
 
 METRIC = "accuracy"
 
@@ -62,6 +64,7 @@ def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
         return pd.DataFrame()
     bench = _benchmark(results[0])
     base = _scores(results[0].per_prompt, bench, "base")
+    first_round = _scores(results[0].per_prompt, bench, _candidate(results[0].per_prompt))
     rows: list[dict[str, Any]] = [{"cycle": 0, "champion": "base", "accuracy": base.mean()}]
     for result in results:
         frame = result.per_prompt
@@ -77,7 +80,7 @@ def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
             "gate": _gate(result.decision),
             "gate_diff": result.decision.get("diff"),
         }
-        for name, other in (("base", base), ("prev", served)):
+        for name, other in (("base", base), ("prev", served), ("first_round", first_round)):
             paired = _paired(champion, other, seed)
             row.update({f"vs_{name}_{k}": v for k, v in paired.items()})
         row["rm_eval_accuracy"] = result.reward_model.get("eval_accuracy")
@@ -93,6 +96,38 @@ def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
             row[key] = result.counts.get(key)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def load_results(root: Path, name: str) -> list[CycleResult]:
+    """A finished simulation's cycles, read back from its workspace (MLflow runs, cycle files).
+
+    Rebuilds the report of a simulation without running it again (``simulate.py --report-only``).
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{Path(root) / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        raise ValueError(f"{root}: no {EXPERIMENT} runs; run the simulation first")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`taoflow.simulation` = '{name}'"
+    )
+    results = []
+    for run in sorted(runs, key=lambda r: int(r.data.tags[CYCLE_TAG])):
+        cycle = int(run.data.tags[CYCLE_TAG])
+        folder = Path(root) / "cycles" / f"cycle_{cycle}"
+        metrics = run.data.metrics
+        result = CycleResult(cycle=cycle, served=run.data.tags.get("taoflow.served_model", ""))
+        result.run_id = run.info.run_id
+        result.counts = {k: v for k, v in metrics.items() if not k.startswith("reward_model.")}
+        prefix = len("reward_model.")
+        result.reward_model = {
+            k[prefix:]: v for k, v in metrics.items() if k.startswith("reward_model.")
+        }
+        result.decision = json.loads((folder / "promotion_decision.json").read_text())
+        result.per_prompt = pd.read_parquet(folder / "eval_per_prompt.parquet")
+        results.append(result)
+    return results
 
 
 def _fmt(value: Any, signed: bool = False) -> str:
@@ -124,6 +159,7 @@ def cycle_table(summary: pd.DataFrame, title: str = "") -> str:
         "greedy acc.",
         "vs base (95% CI)",
         "vs previous champion (95% CI)",
+        "vs cycle 1's round (95% CI)",
         "candidate acc.",
         "gate",
         "feedback RM pair acc. (held-out)",
@@ -140,6 +176,7 @@ def cycle_table(summary: pd.DataFrame, title: str = "") -> str:
             _fmt(row["accuracy"]),
             _ci(row, "base"),
             _ci(row, "prev"),
+            _ci(row, "first_round"),
             _fmt(row.get("candidate_accuracy")),
             str(row.get("gate") if row["cycle"] else "—"),
             _fmt(row.get("rm_eval_accuracy")),
