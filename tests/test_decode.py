@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pandas as pd
 import pytest
-import torch
 
 from taoflow.config.generate import GenerateParams
 from taoflow.config.shared import TaskParams
@@ -15,6 +13,7 @@ from taoflow.core.ids import stable_hash
 from taoflow.generation import generate_completions
 from taoflow.models import Policy
 from taoflow.pipelines.generate.nodes import generate_candidates
+from taoflow.testing import eos_leaning_policy
 
 # Prompts of different lengths (left padding inside a batch) and a repeated one (shared prefill).
 CONVERSATIONS = [
@@ -26,15 +25,7 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def stopping_policy(tiny_policy) -> Policy:
     """The tiny model leaning towards EOS, so rows stop at different steps (compaction runs)."""
-    model = copy.deepcopy(tiny_policy.model)
-    head = model.lm_head
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        biased.bias[tiny_policy.tokenizer.eos_token_id] = 3.0
-    model.lm_head = biased
-    return Policy(model=model, tokenizer=tiny_policy.tokenizer, lineage=dict(tiny_policy.lineage))
+    return eos_leaning_policy(tiny_policy, 3.0)
 
 
 def _run(policy, decode, streamed=None, **overrides):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pandas as pd
@@ -28,6 +27,7 @@ from taoflow.pipelines.generate.nodes import (
     collect_candidates,
     generate_candidates,
 )
+from taoflow.testing import eos_leaning_policy
 
 CONVERSATIONS = [
     [{"role": "user", "content": f"What is {a} + {b}?"}] for a, b in [(1, 2), (3, 4), (5, 6)]
@@ -43,15 +43,7 @@ TASK = TaskParams(system_prompt="Answer with the final number only.")
 @pytest.fixture(scope="module")
 def eager_stop_policy(tiny_policy) -> Policy:
     """The tiny model with a bias towards its EOS token, so completions end both ways."""
-    model = copy.deepcopy(tiny_policy.model)
-    head = model.lm_head
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        biased.bias[tiny_policy.tokenizer.eos_token_id] = 4.0
-    model.lm_head = biased
-    return Policy(model=model, tokenizer=tiny_policy.tokenizer, lineage=dict(tiny_policy.lineage))
+    return eos_leaning_policy(tiny_policy, 4.0)
 
 
 def _prompts(n: int, holdout: int = 0) -> pd.DataFrame:

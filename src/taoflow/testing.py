@@ -94,3 +94,21 @@ def build_tiny_model(
     )
     tmp.rename(out_dir)
     return out_dir
+
+
+def eos_leaning_policy(policy, bias: float):
+    """A copy of ``policy`` whose LM head adds ``bias`` to the EOS logit, so rows stop at
+    different steps (tests of stopping and finished-row compaction)."""
+    import copy
+
+    from taoflow.models import Policy
+
+    model = copy.deepcopy(policy.model)
+    head = model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[policy.tokenizer.eos_token_id] = bias
+    model.lm_head = biased
+    return Policy(model=model, tokenizer=policy.tokenizer, lineage=dict(policy.lineage))
