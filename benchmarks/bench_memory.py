@@ -3,6 +3,7 @@
     python benchmarks/bench_memory.py train --data /tmp/e2e/data --examples 48
     python benchmarks/bench_memory.py evaluate --data /tmp/e2e/data --limit 50
     python benchmarks/bench_memory.py train --data /tmp/e2e/data --release   # what the run does
+    python benchmarks/bench_memory.py train --data /tmp/e2e/data --release --threshold 1048576
 
 ``--data`` is the ``data/`` folder of a finished default run (``bench_e2e.py --keep``): its base
 policy, ``round_1`` training examples, benchmark and prompts. ``train`` runs the round's DPO
@@ -128,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=48, help="train: DPO pairs used")
     parser.add_argument("--limit", type=int, default=50, help="evaluate: items per benchmark")
     parser.add_argument("--release", action="store_true", help="fixed mmap threshold, as a run")
+    parser.add_argument(
+        "--threshold", type=int, default=None, help="with --release: memory.mmap_threshold (bytes)"
+    )
     args = parser.parse_args(argv)
     sampler = RssSampler()
     if args.release:
-        from taoflow.memory import fix_mmap_threshold
+        from taoflow.memory import MMAP_THRESHOLD, fix_mmap_threshold
 
-        print("fixed mmap threshold:", fix_mmap_threshold())
+        threshold = args.threshold or MMAP_THRESHOLD
+        print(f"fixed mmap threshold {threshold}:", fix_mmap_threshold(threshold))
     sampler.mark("imports")
     if args.stage == "train":
         digest = run_train(args.data, args.examples, sampler)

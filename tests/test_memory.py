@@ -78,3 +78,35 @@ def test_the_hook_is_registered_and_release_is_safe_anywhere():
 
     assert any(isinstance(h, memory.MemoryReleaseHook) for h in HOOKS)
     assert isinstance(memory.release_freed_memory(), bool)
+
+
+@pytest.mark.parametrize(
+    ("block", "fixed", "trims"),
+    [
+        ({}, [memory.MMAP_THRESHOLD], 1),
+        ({"mmap_threshold": 1 << 20}, [1 << 20], 1),
+        ({"release": False}, [], 0),
+    ],
+)
+def test_the_hook_follows_the_memory_block(monkeypatch, block, fixed, trims):
+    from taoflow.config import graph
+    from taoflow.config.memory import MemoryParams
+
+    calls: dict[str, list] = {"fix": [], "trim": []}
+    monkeypatch.setattr(graph, "graph_parameters", lambda: {"memory": MemoryParams(**block)})
+    monkeypatch.setattr(memory, "fix_mmap_threshold", lambda t: calls["fix"].append(t) or True)
+    monkeypatch.setattr(memory, "release_freed_memory", lambda collect: calls["trim"].append(1))
+    hook = memory.MemoryReleaseHook()
+    hook.before_pipeline_run({}, None, None)
+    hook.before_node_run(None, None, {}, False, "run")
+    assert calls["fix"] == fixed
+    assert len(calls["trim"]) == trims
+
+
+def test_a_threshold_outside_glibcs_range_is_refused():
+    from pydantic import ValidationError
+
+    from taoflow.config.memory import MemoryParams
+
+    with pytest.raises(ValidationError):
+        MemoryParams(mmap_threshold=64 * 1024 * 1024)

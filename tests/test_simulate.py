@@ -206,11 +206,13 @@ def test_workspace_never_replaces_a_folder_it_did_not_make(tmp_path):
 def test_reuse_cache_is_shared_beside_the_simulations(tmp_path):
     from taoflow.simulate.cycles import shared_reuse
 
-    raw = {"reuse": {"cache_dir": "data/06_models/cache"}}
-    got = shared_reuse(raw, tmp_path / "sim", {"tao": {"rounds": 1}})
+    raw = {"reuse": {"cache_dir": "data/06_models/cache", "keep": 2}}
+    got = shared_reuse(raw, tmp_path / "sim", {"tao": {"rounds": 1}}, keep_at_least=12)
     assert got == {
         "tao": {"rounds": 1},
-        "reuse": {"cache_dir": str(tmp_path / "sim/reuse-cache/cache")},
+        "reuse": {"cache_dir": str(tmp_path / "sim/reuse-cache/cache"), "keep": 12},
     }
+    more = {"reuse": {"cache_dir": "data/06_models/cache", "keep": 20}}
+    assert shared_reuse(more, tmp_path / "sim", {}, keep_at_least=12)["reuse"]["keep"] == 20
     absolute = {"reuse": {"cache_dir": str(tmp_path / "mine")}}
     assert shared_reuse(absolute, tmp_path / "sim", {}) == {}

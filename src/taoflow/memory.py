@@ -21,10 +21,12 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from taoflow.config.memory import MemoryParams
+
 logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-MMAP_THRESHOLD = 128 * 1024  # glibc's own initial default, kept fixed instead of dynamic
+MMAP_THRESHOLD = MemoryParams().mmap_threshold  # glibc's own initial default, kept fixed
 ENV_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"  # set by the user: glibc applied it; leave it alone
 
 
@@ -64,13 +66,30 @@ def release_freed_memory(collect: bool = True) -> bool:
 
 
 class MemoryReleaseHook:
-    """Fixed mmap threshold for the run; the heap's free memory returned before every node."""
+    """Fixed mmap threshold for the run; the heap's free memory returned before every node.
+
+    Both follow the ``memory`` parameter block (``conf/base/parameters_memory.yml``).
+    """
+
+    def __init__(self) -> None:
+        self._release = True
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        if fix_mmap_threshold():
-            logger.debug("glibc mmap threshold fixed at %d bytes", MMAP_THRESHOLD)
+        params = _memory_params()
+        self._release = params.release
+        if params.release and fix_mmap_threshold(params.mmap_threshold):
+            logger.debug("glibc mmap threshold fixed at %d bytes", params.mmap_threshold)
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async, run_id) -> None:
-        release_freed_memory(collect=False)
+        if self._release:
+            release_freed_memory(collect=False)
+
+
+def _memory_params() -> MemoryParams:
+    """The run's validated ``memory`` block (its defaults where the project has none)."""
+    from taoflow.config.graph import graph_parameters
+
+    params = graph_parameters().get("memory")
+    return params if isinstance(params, MemoryParams) else MemoryParams()

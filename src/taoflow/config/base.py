@@ -32,6 +32,7 @@ BLOCKS: dict[str, str] = {
     "judge": "taoflow.config.judge:JudgeParams",
     "reuse": "taoflow.config.reuse:ReuseParams",
     "launch": "taoflow.config.launch:LaunchParams",
+    "memory": "taoflow.config.memory:MemoryParams",
     "serve": "taoflow.serving.config:ServeConfig",
     "simulate": "taoflow.config.simulate:SimulateParams",
 }

@@ -58,21 +58,30 @@ class CycleResult:
     per_prompt: pd.DataFrame | None = None
 
 
+# Cached trainings per stage the shared cache keeps, per cycle: room for a simulation and its
+# ablation, plus sweep values, to hit what an earlier one trained (each entry is a model copy).
+SHARED_KEEP_PER_CYCLE = 4
+
+
 def shared_reuse(
-    raw: dict[str, Any], workspace: Path, kedro_params: dict[str, Any]
+    raw: dict[str, Any], workspace: Path, kedro_params: dict[str, Any], keep_at_least: int = 1
 ) -> dict[str, Any]:
     """``kedro_params`` with a relative ``reuse.cache_dir`` moved beside the simulations.
 
     Every simulation's workspace is rebuilt, but trainings keyed by content (the sft_oracle
     yardstick, a round whose scored data an ablation leaves unchanged) are the same across them:
-    one cache under ``<workspace>/reuse-cache`` trains each once. An absolute ``cache_dir``
-    (here or in ``kedro_params``) is kept as given.
+    one cache under ``<workspace>/reuse-cache`` trains each once. It keeps ``keep_at_least``
+    entries per stage (or the project's ``reuse.keep``, if more): with the project's few, one
+    simulation's later cycles would evict the entries the next simulation's first cycles hit.
+    An absolute ``cache_dir`` (here or in ``kedro_params``) is kept as given.
     """
-    cache_dir = Path(str((raw.get("reuse") or {}).get("cache_dir", "data/06_models/cache")))
+    reuse = raw.get("reuse") or {}
+    cache_dir = Path(str(reuse.get("cache_dir", "data/06_models/cache")))
     if cache_dir.is_absolute():
         return dict(kedro_params)
     shared = (workspace / "reuse-cache" / cache_dir.name).resolve()
-    return deep_merge(kedro_params, {"reuse": {"cache_dir": str(shared)}})
+    keep = max(int(reuse.get("keep", 2)), keep_at_least)
+    return deep_merge(kedro_params, {"reuse": {"cache_dir": str(shared), "keep": keep}})
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +115,10 @@ class Simulation:
         self.model = validate_block("model", self.raw.get("model"))
         self.root = self.project / params.workspace / name
         self.overrides = shared_reuse(
-            self.raw, self.project / params.workspace, params.kedro_params
+            self.raw,
+            self.project / params.workspace,
+            params.kedro_params,
+            keep_at_least=SHARED_KEEP_PER_CYCLE * params.cycles,
         )
         self.token = secrets.token_urlsafe(24)
         self.results: list[CycleResult] = []
