@@ -119,6 +119,9 @@ def test_every_change_that_could_alter_the_round_misses(tmp_path, start, monkeyp
     renamed = copy.deepcopy(start)
     renamed.lineage = {**renamed.lineage, "config_hash": "another-lineage"}
     assert calls(start=renamed) == 1, "another starting lineage was served from the cache"
+    moved = copy.deepcopy(start)
+    moved.lineage = {**moved.lineage, "name_or_path": str(tmp_path / "another" / "checkout")}
+    assert calls(start=moved) == 0, "the same policy read from another folder missed"
     rescored = SCORED.assign(reward=SCORED["reward"] + 0.0)
     rescored.loc[rescored.index[-1], "completion"] = "unused text"
     assert calls(scored=rescored, examples=examples) == 1, "other scored rows hit (lineage)"

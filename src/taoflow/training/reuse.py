@@ -7,7 +7,8 @@ The key is a hash of everything that decides the trained weights:
 
 - the input policy: a hash of every weight's bytes (not the cheap
   :func:`taoflow.generation.policy_fingerprint`, whose sums two different weight sets can share),
-  its tokenizer (vocabulary, special tokens, chat template) and its lineage;
+  its tokenizer (vocabulary, special tokens, chat template) and its lineage (less the folder it
+  was read from: the same policy in another checkout or workspace trains the same);
 - the training examples (:func:`taoflow.core.ids.frame_hash`);
 - the resolved trainer settings (the ``TrainParams`` the trainer reads, after overrides), the
   seed, the round and the stage's own identity (algorithm, labels);
@@ -58,6 +59,10 @@ TRAINING_CODE = (
     "taoflow.core.ids",
 )
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+# Lineage keys that say where the starting weights were read from, not what they are: the same
+# policy loaded from another checkout or simulation workspace trains the same (its weights,
+# tokenizer and the rest of its lineage are hashed).
+LOCATION_KEYS = frozenset({"name_or_path"})
 
 Trained = tuple[Policy, dict[str, Any]]
 
@@ -98,6 +103,11 @@ def weights_hash(policy: Policy) -> str:
     return digest.hexdigest()[:32]
 
 
+def lineage_hash(lineage: dict[str, Any]) -> str:
+    """Hash of a starting policy's lineage without where it was loaded from."""
+    return stable_hash({k: v for k, v in lineage.items() if k not in LOCATION_KEYS}, 32)
+
+
 def training_key(
     *,
     stage: str,
@@ -112,7 +122,7 @@ def training_key(
     parts = {
         "stage": stage,
         "base_weights": weights_hash(base_model),
-        "base_lineage": stable_hash(base_model.lineage, 32),
+        "base_lineage": lineage_hash(base_model.lineage),
         "examples": frame_hash(examples),
         "n_examples": len(examples),
         "settings": stable_hash(settings.model_dump(mode="json"), 32),
