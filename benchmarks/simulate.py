@@ -113,7 +113,7 @@ def variants(args: argparse.Namespace, base: dict) -> list[tuple[str, dict]]:
 def main(argv: list[str] | None = None) -> int:
     from taoflow.config.base import validate_block
     from taoflow.serving.config import load_project_config
-    from taoflow.simulate import Simulation, cycle_table, load_results, summarise
+    from taoflow.simulate import Simulation, cycle_table, final_champion, load_results, summarise
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "openai", "openai._base_client"):
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     raw, _, _ = load_project_config(ROOT, args.env)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    summaries, sections, timings = {}, [], {}
+    summaries, sections, timings, finals = {}, [], {}, {}
     for name, block in variants(args, dict(raw.get("simulate") or {})):
         params = validate_block("simulate", block)
         started = time.perf_counter()
@@ -134,41 +134,56 @@ def main(argv: list[str] | None = None) -> int:
             timings[name] = time.perf_counter() - started
         summary = summarise(results, seed=params.seed)
         summaries[name] = summary
+        finals[name] = final_champion(results) if results else None
         summary.to_csv(out / f"{name}.csv", index=False)
         sections.append(cycle_table(summary, title=f"{name} ({timings[name]:.0f} s)"))
         print(sections[-1], flush=True)
-        write_report(out, argv, sections, summaries)  # after each simulation: a kill keeps them
+        write_report(
+            out, argv, sections, summaries, finals
+        )  # after each simulation: a kill keeps them
     print(f"report: {out / 'report.md'}\nplot: {out / 'accuracy.png'}")
     return 0
 
 
-def write_report(out: Path, argv: list[str] | None, sections: list[str], summaries: dict) -> None:
+def write_report(
+    out: Path, argv: list[str] | None, sections: list[str], summaries: dict, finals: dict
+) -> None:
     """``report.md`` and ``accuracy.png`` for the simulations finished so far."""
     from taoflow.simulate import plot_cycles
 
     command = "python benchmarks/simulate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = ["## Continuous improvement", "", f"`{command.strip()}`", "", *sections]
     if len(summaries) > 1:
-        report += [comparison(summaries)]
+        report += [comparison(summaries, finals)]
     (out / "report.md").write_text("\n".join(report))
     plot_cycles(summaries).savefig(out / "accuracy.png", dpi=120)
 
 
-def comparison(summaries: dict) -> str:
-    """Last cycle's champion vs base, per simulation (ablation / sweeps side by side)."""
+def comparison(summaries: dict, finals: dict, seed: int = 0) -> str:
+    """Last cycle's champion per simulation (ablation / sweeps side by side): vs base, and paired
+    on the same items against the first simulation's last champion."""
+    from taoflow.simulate import versus
+
+    first = next(iter(summaries))
     lines = [
         "### Simulations compared (last cycle)",
         "",
-        "| simulation | champion acc. | vs base (95% CI) | feedback events | RM pair acc. |",
-        "| --- | --- | --- | --- | --- |",
+        f"| simulation | champion acc. | vs base (95% CI) | vs {first}'s champion (95% CI) "
+        "| feedback events | RM pair acc. |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in summaries.items():
         last = s.iloc[-1]
         ci = f"{last['vs_base_diff']:+.3f} [{last['vs_base_ci_low']:+.3f}, {last['vs_base_ci_high']:+.3f}]"
+        if name == first or finals.get(name) is None or finals.get(first) is None:
+            paired = "—"
+        else:
+            got = versus(finals[name], finals[first], seed)
+            paired = f"{got['diff']:+.3f} [{got['ci_low']:+.3f}, {got['ci_high']:+.3f}]"
         rm = last.get("rm_eval_accuracy")
         rm = "—" if rm is None or math.isnan(rm) else f"{rm:.3f}"
         events = int(s["feedback_events"].fillna(0).sum())
-        lines.append(f"| {name} | {last['accuracy']:.3f} | {ci} | {events} | {rm} |")
+        lines.append(f"| {name} | {last['accuracy']:.3f} | {ci} | {paired} | {events} | {rm} |")
     return "\n".join(lines) + "\n"
 
 

@@ -216,3 +216,26 @@ def test_reuse_cache_is_shared_beside_the_simulations(tmp_path):
     assert shared_reuse(more, tmp_path / "sim", {}, keep_at_least=12)["reuse"]["keep"] == 20
     absolute = {"reuse": {"cache_dir": str(tmp_path / "mine")}}
     assert shared_reuse(absolute, tmp_path / "sim", {}) == {}
+
+
+def test_simulations_are_paired_on_their_last_champions():
+    from taoflow.simulate import CycleResult, final_champion, versus
+
+    def cycle(candidate: list[float], promoted: bool) -> CycleResult:
+        rows = [
+            {"model": model, "benchmark": "sums", "item_id": str(i), "accuracy": value}
+            for model, values in (("base", [0.0, 0.0, 1.0, 0.0]), ("round_1", candidate))
+            for i, value in enumerate(values)
+        ]
+        result = CycleResult(cycle=1, served="base")
+        result.per_prompt = pd.DataFrame(rows)
+        result.decision = {"metric": "sums/accuracy", "promoted": promoted, "version": 2}
+        return result
+
+    kept = final_champion([cycle([1.0, 1.0, 1.0, 1.0], promoted=False)])
+    promoted = final_champion([cycle([1.0, 1.0, 1.0, 0.0], promoted=True)])
+    assert kept.tolist() == [0.0, 0.0, 1.0, 0.0]  # refused: the served champion stays
+    assert promoted.tolist() == [1.0, 1.0, 1.0, 0.0]
+    got = versus(promoted, kept)
+    assert got["diff"] == pytest.approx(0.5)
+    assert got["ci_low"] <= got["diff"] <= got["ci_high"]

@@ -6,7 +6,14 @@ Not part of any pipeline; ``benchmarks/simulate.py`` (``make simulate``) drives 
 
 from taoflow.simulate.cycles import CycleResult, Simulation
 from taoflow.simulate.pool import Problem, assert_disjoint, build_pool
-from taoflow.simulate.report import cycle_table, load_results, plot_cycles, summarise
+from taoflow.simulate.report import (
+    cycle_table,
+    final_champion,
+    load_results,
+    plot_cycles,
+    summarise,
+    versus,
+)
 
 __all__ = [
     "load_results",
@@ -17,8 +24,10 @@ __all__ = [
     "assert_disjoint",
     "build_pool",
     "cycle_table",
+    "final_champion",
     "plot_cycles",
     "summarise",
+    "versus",
 ]
 
 # Two short cycles on the tiny model (`--env smoke`): what `make simulate-smoke` and the test run.

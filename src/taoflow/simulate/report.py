@@ -58,6 +58,24 @@ def _paired(a: pd.Series, b: pd.Series, seed: int) -> dict[str, float]:
     return {"diff": got.diff, "ci_low": got.ci_low, "ci_high": got.ci_high}
 
 
+def _champion(result: CycleResult, bench: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(champion after the cycle, champion it started from, the cycle's candidate), per item."""
+    frame = result.per_prompt
+    served = _scores(frame, bench, "base")  # the champion this cycle started from
+    candidate = _scores(frame, bench, _candidate(frame))
+    return (candidate if result.decision.get("promoted") else served), served, candidate
+
+
+def final_champion(results: Sequence[CycleResult]) -> pd.Series:
+    """Per-item greedy accuracy of the champion after the last cycle (to pair simulations)."""
+    return _champion(results[-1], _benchmark(results[0]))[0]
+
+
+def versus(a: pd.Series, b: pd.Series, seed: int = 0) -> dict[str, float]:
+    """Paired difference ``a − b`` on the items both were scored on, with its 95% CI."""
+    return _paired(a, b, seed)
+
+
 def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
     """One row per cycle (plus cycle 0, the base): champion accuracy, CIs, data, gate."""
     if not results:
@@ -67,11 +85,8 @@ def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
     first_round = _scores(results[0].per_prompt, bench, _candidate(results[0].per_prompt))
     rows: list[dict[str, Any]] = [{"cycle": 0, "champion": "base", "accuracy": base.mean()}]
     for result in results:
-        frame = result.per_prompt
-        served = _scores(frame, bench, "base")  # the champion this cycle started from
-        candidate = _scores(frame, bench, _candidate(frame))
+        champion, served, candidate = _champion(result, bench)
         promoted = bool(result.decision.get("promoted"))
-        champion = candidate if promoted else served
         row: dict[str, Any] = {
             "cycle": result.cycle,
             "champion": f"v{result.decision.get('version')}" if promoted else "kept",
