@@ -138,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.to_csv(out / f"{name}.csv", index=False)
         sections.append(cycle_table(summary, title=f"{name} ({timings[name]:.0f} s)"))
         print(sections[-1], flush=True)
-        write_report(
-            out, argv, sections, summaries, finals
-        )  # after each simulation: a kill keeps them
+        # after each simulation: a kill keeps the finished ones
+        write_report(out, argv, sections, summaries, finals)
     print(f"report: {out / 'report.md'}\nplot: {out / 'accuracy.png'}")
     return 0
 

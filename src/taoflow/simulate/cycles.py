@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from taoflow.config.base import validate_block
+from taoflow.config.reuse import ReuseParams
 from taoflow.config.simulate import SimulateParams
 from taoflow.core.ids import stable_hash
 from taoflow.simulate import users
@@ -80,7 +81,7 @@ def shared_reuse(
     if cache_dir.is_absolute():
         return dict(kedro_params)
     shared = (workspace / "reuse-cache" / cache_dir.name).resolve()
-    keep = max(int(reuse.get("keep", 2)), keep_at_least)
+    keep = max(int(reuse.get("keep", ReuseParams().keep)), keep_at_least)
     return deep_merge(kedro_params, {"reuse": {"cache_dir": str(shared), "keep": keep}})
 
 

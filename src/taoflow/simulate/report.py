@@ -52,7 +52,8 @@ def _gate(decision: dict[str, Any]) -> str:
     return "same weights as a registered version" if "already registered" in reason else "off"
 
 
-def _paired(a: pd.Series, b: pd.Series, seed: int) -> dict[str, float]:
+def versus(a: pd.Series, b: pd.Series, seed: int = 0) -> dict[str, float]:
+    """Paired difference ``a − b`` on the items both were scored on, with its 95% CI."""
     common = a.index.intersection(b.index)
     got = paired_comparison(a[common].to_numpy(), b[common].to_numpy(), seed=seed)
     return {"diff": got.diff, "ci_low": got.ci_low, "ci_high": got.ci_high}
@@ -69,11 +70,6 @@ def _champion(result: CycleResult, bench: str) -> tuple[pd.Series, pd.Series, pd
 def final_champion(results: Sequence[CycleResult]) -> pd.Series:
     """Per-item greedy accuracy of the champion after the last cycle (to pair simulations)."""
     return _champion(results[-1], _benchmark(results[0]))[0]
-
-
-def versus(a: pd.Series, b: pd.Series, seed: int = 0) -> dict[str, float]:
-    """Paired difference ``a − b`` on the items both were scored on, with its 95% CI."""
-    return _paired(a, b, seed)
 
 
 def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
@@ -96,7 +92,7 @@ def summarise(results: Sequence[CycleResult], seed: int = 0) -> pd.DataFrame:
             "gate_diff": result.decision.get("diff"),
         }
         for name, other in (("base", base), ("prev", served), ("first_round", first_round)):
-            paired = _paired(champion, other, seed)
+            paired = versus(champion, other, seed)
             row.update({f"vs_{name}_{k}": v for k, v in paired.items()})
         row["rm_eval_accuracy"] = result.reward_model.get("eval_accuracy")
         row["rm_trained"] = bool(result.reward_model.get("trained"))
