@@ -79,6 +79,21 @@ def server(tiny_policy, serve_config, module_store):
     mlflow.set_tracking_uri(module_store)
 
 
+def test_trace_ids_stay_new_after_a_run_seeds_random(server):
+    """A pipeline run seeds Python's `random` (seed_everything); a server in the same process (the
+    simulator's) must still hand out new trace ids, or a new trace collides with an old one."""
+    from taoflow.core.ids import seed_everything
+
+    url, _ = server
+    ids = []
+    with httpx.Client(base_url=url, headers=AUTH) as client:
+        for _ in range(2):
+            seed_everything(0)
+            reply = client.post("/v1/chat/completions", json=chat("What is 1 + 1?", seed=3))
+            ids.append(reply.json()["trace_id"])
+    assert ids[0] != ids[1]
+
+
 def test_serve_capture_feedback_and_ingest_close_the_loop(tiny_policy, kedro_project, mlflow_uri):
     """Requests + feedback over HTTP arrive in `prompts` (meta) after `kedro run -p ingest`."""
     from kedro.framework.session import KedroSession

@@ -239,3 +239,20 @@ def test_simulations_are_paired_on_their_last_champions():
     got = versus(promoted, kept)
     assert got["diff"] == pytest.approx(0.5)
     assert got["ci_low"] <= got["diff"] <= got["ci_high"]
+
+
+def test_a_repeated_trace_id_stops_the_cycle():
+    """A trace id handed out twice would overwrite a trace and move its feedback onto another
+    answer: the simulator refuses the day instead of learning from mismatched thumbs."""
+    from types import SimpleNamespace
+
+    from taoflow.simulate import Simulation
+
+    sim = SimpleNamespace(trace_ids=set())
+    day = [SimpleNamespace(trace_id=t) for t in ("tr-a", "tr-b", None)]
+    Simulation.check_new_traces(sim, 1, day)
+    assert sim.trace_ids == {"tr-a", "tr-b"}
+    with pytest.raises(RuntimeError, match="cycle 2 got 1 trace id"):
+        Simulation.check_new_traces(sim, 2, [SimpleNamespace(trace_id="tr-b")])
+    with pytest.raises(RuntimeError, match="cycle 3 got 1 trace id"):
+        Simulation.check_new_traces(sim, 3, [SimpleNamespace(trace_id="tr-c")] * 2)

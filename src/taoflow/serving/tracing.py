@@ -24,6 +24,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -46,6 +47,15 @@ FEEDBACK_NAME = "user_feedback"
 USER_KEY_METADATA = "taoflow.user_key"
 PII_KINDS = tuple(PII_PLACEHOLDERS)
 _FEEDBACK_LOCK = threading.Lock()  # check-then-write of one vote per (trace, user)
+
+
+# OpenTelemetry's default id generator draws trace ids from Python's global `random`, which a
+# pipeline run seeds (seed_everything): a process that runs kedro and then serves (the simulator,
+# a notebook) would hand out the same ids again, and a new trace would overwrite an old one in the
+# store and take its feedback. MLflow's isolated generator draws from a private Random instead.
+# Read when MLflow first builds its tracer provider; set it to "false" to restore the default.
+ISOLATED_TRACE_IDS = "MLFLOW_TRACE_USE_ISOLATED_RANDOM_ID_GENERATOR"
+os.environ.setdefault(ISOLATED_TRACE_IDS, "true")
 
 
 def _redact_strings(value: Any, kinds: tuple[str, ...]) -> tuple[Any, int]:

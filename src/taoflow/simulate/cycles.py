@@ -123,6 +123,7 @@ class Simulation:
         )
         self.token = secrets.token_urlsafe(24)
         self.results: list[CycleResult] = []
+        self.trace_ids: set[str] = set()  # every trace handed out so far: none may come back
 
     # -- set-up -------------------------------------------------------------------------------
     def held_questions(self) -> tuple[list[str], list[str]]:
@@ -188,6 +189,7 @@ class Simulation:
     ) -> tuple[CycleResult, list[users.Outcome]]:
         plan = users.plan_day(pool, self.params, cycle)
         served, start_model, outcomes = self.serve_day(plan, late)
+        self.check_new_traces(cycle, outcomes)
         result = CycleResult(cycle=cycle, served=served)
         result.counts.update(traffic_counts(plan, outcomes, late))
         result.counts["traffic_hash"] = int(users.plan_digest(plan)[:12], 16)
@@ -216,6 +218,20 @@ class Simulation:
         result.decision["kedro_runs"] = runs
         self.keep(cycle, outcomes)
         return result, users.late_outcomes(outcomes)
+
+    def check_new_traces(self, cycle: int, outcomes: Sequence[users.Outcome]) -> None:
+        """Refuse a day whose trace ids repeat: a repeated id overwrites the old trace in the
+        store and the day's feedback lands on another answer, so the cycle would learn from
+        mismatched thumbs without a sign of it."""
+        ids = [o.trace_id for o in outcomes if o.trace_id]
+        repeated = len(ids) - len(set(ids)) + len(self.trace_ids.intersection(ids))
+        if repeated:
+            raise RuntimeError(
+                f"simulate: cycle {cycle} got {repeated} trace id(s) already handed out; "
+                "traces would overwrite each other (is MLFLOW_TRACE_USE_ISOLATED_RANDOM_ID_GENERATOR "
+                "false?)"
+            )
+        self.trace_ids.update(ids)
 
     # -- serving ------------------------------------------------------------------------------
     def serve_day(
