@@ -91,12 +91,18 @@ check-ddp:  ## 2-rank gloo DDP of rft, dpo+LoRA, kto, sft_oracle and reward_mode
 # Continuous improvement, measured (docs/continuous-improvement.md): serve → simulated users and
 # feedback → kedro run, in cycles. Real cycles on the embedded default take hours; ARGS adds flags
 # (--ablation, --noise 0 0.2 0.4, --coverage 0.1 0.3 1). Reports land in data/08_reporting/simulate/.
-.PHONY: simulate simulate-smoke
+.PHONY: simulate simulate-smoke feedback-quality
 simulate:
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py $(ARGS)
 
 simulate-smoke:  ## two short cycles on the tiny model
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/simulate.py --env smoke --smoke --name smoke --out data/08_reporting/simulate_smoke $(ARGS)
+
+# Noise and coverage replayed on a finished simulation's served answers (minutes; --train adds a
+# reward model per point, scored on the last cycle's true pairs). Reports land in
+# data/08_reporting/feedback_quality/.
+feedback-quality:
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/feedback_quality.py --train $(ARGS)
 
 # torch.compile'd decode step (generate.decode: compiled): greedy tokens equal to generate's; compiles C++.
 .PHONY: check-compile

@@ -65,7 +65,7 @@ def _empty_pairs() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in PAIR_COLUMNS})
 
 
-def _pair(
+def preference_pair(
     messages: list[dict[str, str]],
     *,
     chosen: str,
@@ -74,6 +74,7 @@ def _pair(
     source: str,
     location: str,
 ) -> dict[str, Any]:
+    """One row of the pairs table; its id hashes the prompt and both answers."""
     key = dedup_key(messages)
     return {
         "pair_id": stable_hash([key, chosen, rejected]),
@@ -142,7 +143,7 @@ def feedback_preference_pairs(
         for margin, a, b in candidates[:cap]:
             location = f"traces {a['traces'][0]} > {b['traces'][0]}"
             rows.append(
-                _pair(
+                preference_pair(
                     entry["messages"],
                     chosen=a["text"],
                     rejected=b["text"],
@@ -191,7 +192,7 @@ def scored_preference_pairs(
                     continue
                 used.update((a["candidate_id"], b["candidate_id"]))
                 rows.append(
-                    _pair(
+                    preference_pair(
                         messages[prompt_id],
                         chosen=a["completion"],
                         rejected=b["completion"],
