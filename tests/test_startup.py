@@ -117,12 +117,17 @@ def test_trl_field_names_are_cached_per_library_versions(tmp_path, monkeypatch):
         train.library_fields.cache_clear()
 
 
-def test_torch_is_seeded_when_imported_after_seed_everything():
-    """seed_everything before torch is imported seeds it on import: the same first draw."""
+@pytest.mark.parametrize("probe", [False, True], ids=["plain", "after-a-find_spec-probe"])
+def test_torch_is_seeded_when_imported_after_seed_everything(probe):
+    """seed_everything before torch is imported seeds it on import: the same first draw. A
+    probe first (importlib.util.find_spec, as transformers' is_torch_available does) must not
+    use the seed up: the reward model's head was initialised unseeded that way."""
+    probe_line = "importlib.util.find_spec('torch')\n" if probe else ""
     code = (
-        "import sys\n"
+        "import sys, importlib.util\n"
         "from taoflow.core.ids import seed_everything\n"
         "seed_everything(123)\n"
+        f"{probe_line}"
         "assert 'torch' not in sys.modules\n"
         "import torch\n"
         "first = torch.rand(4).tolist()\n"

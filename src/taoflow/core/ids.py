@@ -62,11 +62,13 @@ class _SeedOnImport(importlib.abc.MetaPathFinder):
         if name != "torch" or type(self).seed is None:
             return None
         sys.meta_path.remove(self)  # let the normal finders locate torch
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return spec
-        loader, seed = spec.loader, type(self).seed
-        type(self).seed = None
+        loader, hook = spec.loader, type(self)
 
         class _Seeding(importlib.abc.Loader):
             def create_module(self, spec: Any) -> Any:
@@ -74,7 +76,12 @@ class _SeedOnImport(importlib.abc.MetaPathFinder):
 
             def exec_module(self, module: Any) -> None:
                 loader.exec_module(module)
-                module.manual_seed(seed)
+                # Disarmed only here, by the import that ran: a probe such as
+                # importlib.util.find_spec("torch") (transformers' is_torch_available) also
+                # reaches this finder, and must not use up the seed.
+                seed, hook.seed = hook.seed, None
+                if seed is not None:
+                    module.manual_seed(seed)
 
             def __getattr__(self, attr: str) -> Any:  # get_source, is_package, ...
                 return getattr(loader, attr)
