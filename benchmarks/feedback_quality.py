@@ -66,14 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         yardstick = fq.true_pairs(held, system)
         rows = []
         for noise, coverage in zip(grid["noise"], grid["coverage"], strict=True):
-            block = params.model_copy(
-                update={
-                    "feedback": params.feedback.model_copy(
-                        update={"noise": noise, "coverage": coverage}
-                    )
-                }
-            )
-            pairs = fq.feedback_pairs(fq.replay_feedback(before, block), reward_model, system)
+            replayed = fq.replay_feedback(before, fq.with_feedback(params, noise, coverage))
+            pairs = fq.feedback_pairs(replayed, reward_model, system)
             started = time.perf_counter()
             got = fq.reward_model_accuracy(pairs, yardstick, reward_model, params.seed)
             rows.append(

@@ -38,6 +38,12 @@ from taoflow.simulate.pool import Problem
 from taoflow.simulate.users import plan_day
 
 
+def with_feedback(params: SimulateParams, noise: float, coverage: float) -> SimulateParams:
+    """``params`` with another noise and coverage (the rest of the block, and its draws, kept)."""
+    feedback = params.feedback.model_copy(update={"noise": noise, "coverage": coverage})
+    return params.model_copy(update={"feedback": feedback})
+
+
 def replay_feedback(traffic: pd.DataFrame, params: SimulateParams) -> pd.DataFrame:
     """``traffic`` (a simulation's served requests) with ``thumbs`` redrawn under ``params``.
 
@@ -174,14 +180,7 @@ def sweep_grid(
     rows = []
     for noise in noises:
         for coverage in coverages:
-            block = params.model_copy(
-                update={
-                    "feedback": params.feedback.model_copy(
-                        update={"noise": noise, "coverage": coverage}
-                    )
-                }
-            )
-            replayed = replay_feedback(traffic, block)
+            replayed = replay_feedback(traffic, with_feedback(params, noise, coverage))
             pairs = feedback_pairs(replayed, reward_model, system_prompt)
             rated = replayed["thumbs"].notna()
             rows.append(
