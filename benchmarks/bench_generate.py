@@ -18,6 +18,14 @@ side on the same workload (each warmed up first, untimed: ``compiled`` compiles 
 checks each against the first: same sampled candidates (ids, seeds, texts), the largest log-prob
 gap, and the same greedy tokens on every prompt.
 
+``--engines ctranslate2`` adds (d): the same workload through CTranslate2's C++ generator (the
+policy converted to a float32 CTranslate2 model first, untimed): the same prompt token ids, stop
+tokens and sampling settings, ``num_hypotheses`` candidates per prompt, seeded once per call; and
+its greedy tokens against (a)'s. It is a measurement of an engine the issue names, not a backend:
+CTranslate2 has one random stream per call, so a sample depends on its batch, and its scores
+are the sampling distribution's, not the temperature-1 log-probs the candidates contract needs.
+Install it beside the project to run it (``pip install ctranslate2``).
+
 Targets on the 2-core CPU box: (a) ≥ 1.5× (c) and ≥ 8× (b). Also printed: the fraction of the
 machine's measured fp32 matmul FLOP/s that (a) reaches, counting the least work the job needs
 (each prompt once through the body, each completion token through the body and the LM head).
@@ -36,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -186,6 +195,45 @@ def run_plain(policy, prompts, args) -> tuple[float, int]:
     return time.perf_counter() - start, tokens
 
 
+def ct2_model(policy) -> str:
+    """The policy converted to a float32 CTranslate2 model in a temporary folder (untimed)."""
+    import tempfile
+
+    from ctranslate2.converters import TransformersConverter
+
+    out = Path(tempfile.mkdtemp(prefix="bench-ct2-")) / "model"
+    source = policy.model.name_or_path
+    TransformersConverter(source).convert(str(out), quantization="float32")
+    return str(out)
+
+
+def run_ct2(generator, policy, prompts, args, *, greedy: bool) -> tuple[float, int, list]:
+    """(d): every prompt × ``--candidates`` samples (greedy: one each) in one ``generate_batch``."""
+    import ctranslate2
+
+    from taoflow.generation.engine import render_prompts, stop_token_ids
+
+    tokenizer = policy.tokenizer
+    ids = render_prompts(policy, [list(m) for m in prompts["messages"]])
+    start_tokens = [tokenizer.convert_ids_to_tokens(x) for x in ids]
+    ctranslate2.set_random_seed(42)
+    start = time.perf_counter()
+    results = generator.generate_batch(
+        start_tokens,
+        max_batch_size=args.prompts,
+        max_length=args.max_new_tokens,
+        end_token=stop_token_ids(policy),
+        return_end_token=True,  # counted like (a)'s n_tokens, which include the stop token
+        include_prompt_in_result=False,
+        num_hypotheses=1 if greedy else args.candidates,
+        sampling_topk=1 if greedy else 0,
+        sampling_temperature=1.0 if greedy else 0.8,
+    )
+    elapsed = time.perf_counter() - start
+    sequences = [list(seq) for result in results for seq in result.sequences_ids]
+    return elapsed, sum(len(seq) for seq in sequences), sequences
+
+
 def useful_flops(policy, prompts, candidates: pd.DataFrame) -> float:
     """The least work the job needs: each prompt through the body once, each completion token
     through the body and the LM head (2 × params per token; attention scores ignored)."""
@@ -215,6 +263,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--skip", default="", help="comma list of runs to skip: b,c")
     parser.add_argument(
+        "--engines",
+        default="",
+        help="other engines on the same workload, side by side: ctranslate2 (needs the package)",
+    )
+    parser.add_argument(
         "--variants",
         default="generate",
         help="comma list of generate.decode modes for (a), side by side: generate,steps,static,"
@@ -241,18 +294,36 @@ def main() -> None:
         start = time.perf_counter()
         run_node(policy, prompts.head(2), args, args.token_budget, variant)
         print(f"warm-up {variant}: {time.perf_counter() - start:.1f} s")
+    generator = None
+    if "ctranslate2" in args.engines.split(","):
+        import ctranslate2
+
+        start = time.perf_counter()
+        generator = ctranslate2.Generator(
+            ct2_model(policy), device="cpu", intra_threads=torch.get_num_threads()
+        )
+        run_ct2(generator, policy, prompts.head(2), args, greedy=False)
+        print(f"warm-up ctranslate2 (conversion included): {time.perf_counter() - start:.1f} s")
     # A shared machine is noisy: alternate the runs and keep each one's best.
     a_runs: dict[str, list] = {v: [] for v in variants}
-    c_runs = []
+    c_runs, d_runs = [], []
     for _ in range(args.repeats):
         for variant in variants:
             a_runs[variant].append(run_node(policy, prompts, args, args.token_budget, variant))
         if "c" not in args.skip:
             c_runs.append(run_plain(policy, prompts, args))
-    report(policy, prompts, args, peak=peak, a_runs=a_runs, c_runs=c_runs)
+        if generator is not None:
+            d_runs.append(run_ct2(generator, policy, prompts, args, greedy=False))
+    if d_runs:
+        print(f"(d) ctranslate2: identical samples across repeats: {d_runs[0][2] == d_runs[-1][2]}")
+        greedy = run_ct2(generator, policy, prompts, args, greedy=True)[2]
+        reference = greedy_ids(policy, prompts, args, variants[0])
+        same = sum(a == b for a, b in zip(greedy, reference, strict=True))
+        print(f"(d) ctranslate2 vs (a:{variants[0]}): same greedy tokens {same}/{len(reference)}")
+    report(policy, prompts, args, peak=peak, a_runs=a_runs, c_runs=c_runs, d_runs=d_runs)
 
 
-def report(policy, prompts, args, *, peak, a_runs, c_runs) -> None:
+def report(policy, prompts, args, *, peak, a_runs, c_runs, d_runs=()) -> None:
     """The table: each (a) variant, (c), (b); equality checks; share of the matmul peak."""
     best = {v: min(runs, key=lambda r: r[0]) for v, runs in a_runs.items()}
     reference = next(iter(a_runs))
@@ -272,6 +343,8 @@ def report(policy, prompts, args, *, peak, a_runs, c_runs) -> None:
     rows = [(f"a:{v}", f"taoflow generate node, decode={v}", *best[v][:2]) for v in a_runs]
     if c_runs:
         rows.append(("c", "model.generate, batch 8 prompts, unsorted", *min(c_runs)))
+    if d_runs:
+        rows.append(("d", "ctranslate2 generate_batch, float32", *min(d_runs)[:2]))
     if "b" not in args.skip:
         rows.append(
             ("b", "pipeline(), one sequence per call", *run_pipeline(policy, prompts, args))
@@ -289,6 +362,15 @@ def report(policy, prompts, args, *, peak, a_runs, c_runs) -> None:
             f"{flops / seconds / peak:.1%} of measured matmul peak; "
             f"mean completion {candidates['n_tokens'].mean():.1f} tokens, "
             f"finish {candidates['finish_reason'].value_counts().to_dict()}"
+        )
+    if d_runs:
+        seconds, _, sequences = min(d_runs)
+        lengths = pd.DataFrame({"n_tokens": [len(seq) for seq in sequences]})
+        flops = useful_flops(policy, prompts, lengths)
+        print(
+            f"(d) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
+            f"{flops / seconds / peak:.1%} of measured matmul peak; "
+            f"mean completion {lengths['n_tokens'].mean():.1f} tokens"
         )
 
 

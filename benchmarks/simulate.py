@@ -16,6 +16,7 @@ Run (the lead's real cycles take hours on the embedded default; the smoke varian
     HF_HUB_OFFLINE=1 python benchmarks/simulate.py --noise 0 0.2 0.4    # a noise sweep
     HF_HUB_OFFLINE=1 python benchmarks/simulate.py --coverage 0.1 0.3 1 # a coverage sweep
     HF_HUB_OFFLINE=1 python benchmarks/simulate.py --env smoke --smoke --name smoke  # make simulate-smoke
+    python benchmarks/simulate.py --ablation --report-only --with clean-full  # + a finished one
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--report-only",
         action="store_true",
         help="rebuild report.md and the plot from the simulations' workspaces; run nothing",
+    )
+    p.add_argument(
+        "--with",
+        dest="finished",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="finished simulations (workspace names) added to the report after the others; "
+        "read, never run",
     )
     p.add_argument(
         "--kedro-params", default=None, help='JSON merged into every kedro run, e.g. {"tao": {...}}'
@@ -123,11 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summaries, sections, timings, finals = {}, [], {}, {}
-    for name, block in variants(args, dict(raw.get("simulate") or {})):
+    base = dict(raw.get("simulate") or {})
+    runs = [(name, block, args.report_only) for name, block in variants(args, base)]
+    runs += [(name, base, True) for name in args.finished if name not in {n for n, *_ in runs}]
+    for name, block, read_only in runs:
         params = validate_block("simulate", block)
         started = time.perf_counter()
-        if args.report_only:
-            results = load_results(ROOT / params.workspace / name, name)
+        if read_only:
+            try:
+                results = load_results(ROOT / params.workspace / name, name)
+            except ValueError as exc:
+                raise SystemExit(f"simulate: {exc}") from None
             timings[name] = sum(r.counts.get("cycle_seconds", 0.0) for r in results)
         else:
             results = Simulation(ROOT, params, name=name, env=args.env).run()

@@ -163,6 +163,11 @@ def test_two_smoke_cycles_feedback_trains_and_scores(kedro_project, tmp_path):
 
     again = summarise(load_results(root, "smoke"))
     pd.testing.assert_frame_equal(again, summary, check_dtype=False)
+    # a name with no finished cycle, or no workspace at all, is one clear error (never an empty table)
+    with pytest.raises(ValueError, match="no finished cycle of simulation 'other'"):
+        load_results(root, "other")
+    with pytest.raises(ValueError, match="no simulation here"):
+        load_results(tmp_path / "absent", "smoke")
 
 
 def test_reward_model_stage_without_scored_pairs_needs_no_round():

@@ -116,6 +116,8 @@ def load_results(root: Path, name: str) -> list[CycleResult]:
     """
     import mlflow
 
+    if not (Path(root) / "mlflow.db").is_file():
+        raise ValueError(f"{root}: no simulation here (no mlflow.db); run it first")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{Path(root) / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
@@ -123,6 +125,8 @@ def load_results(root: Path, name: str) -> list[CycleResult]:
     runs = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`taoflow.simulation` = '{name}'"
     )
+    if not runs:
+        raise ValueError(f"{root}: no finished cycle of simulation {name!r}")
     results = []
     for run in sorted(runs, key=lambda r: int(r.data.tags[CYCLE_TAG])):
         cycle = int(run.data.tags[CYCLE_TAG])
