@@ -195,16 +195,18 @@ def run_plain(policy, prompts, args) -> tuple[float, int]:
     return time.perf_counter() - start, tokens
 
 
-def ct2_model(policy) -> str:
-    """The policy converted to a float32 CTranslate2 model in a temporary folder (untimed)."""
+def ct2_generator(policy, threads: int):
+    """The policy as a float32 CTranslate2 generator (untimed). The converted model lives in a
+    temporary folder only while the generator loads it into memory."""
     import tempfile
 
+    import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
-    out = Path(tempfile.mkdtemp(prefix="bench-ct2-")) / "model"
-    source = policy.model.name_or_path
-    TransformersConverter(source).convert(str(out), quantization="float32")
-    return str(out)
+    with tempfile.TemporaryDirectory(prefix="bench-ct2-") as folder:
+        out = str(Path(folder) / "model")
+        TransformersConverter(policy.model.name_or_path).convert(out, quantization="float32")
+        return ctranslate2.Generator(out, device="cpu", intra_threads=threads)
 
 
 def run_ct2(generator, policy, prompts, args, *, greedy: bool) -> tuple[float, int, list]:
@@ -296,12 +298,8 @@ def main() -> None:
         print(f"warm-up {variant}: {time.perf_counter() - start:.1f} s")
     generator = None
     if "ctranslate2" in args.engines.split(","):
-        import ctranslate2
-
         start = time.perf_counter()
-        generator = ctranslate2.Generator(
-            ct2_model(policy), device="cpu", intra_threads=torch.get_num_threads()
-        )
+        generator = ct2_generator(policy, torch.get_num_threads())
         run_ct2(generator, policy, prompts.head(2), args, greedy=False)
         print(f"warm-up ctranslate2 (conversion included): {time.perf_counter() - start:.1f} s")
     # A shared machine is noisy: alternate the runs and keep each one's best.
