@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -245,7 +246,11 @@ def user_module(tmp_path, monkeypatch):
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    return "tao_user_plugins"
+    # an earlier test's copy stays in sys.modules, and find_spec would point workers at its
+    # folder, removed once that test passed
+    sys.modules.pop("tao_user_plugins", None)
+    yield "tao_user_plugins"
+    sys.modules.pop("tao_user_plugins", None)
 
 
 def test_custom_scorer_class_and_function_by_python_path(user_module):
