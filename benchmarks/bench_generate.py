@@ -105,6 +105,14 @@ def matmul_flops(size: int = 1024, seconds: float = 2.0) -> float:
     return best
 
 
+def vllm_settings(args) -> dict:
+    """``generate.vllm`` for (e), from the command line."""
+    settings = {"enforce_eager": args.vllm_eager}
+    if args.vllm_batched_tokens:
+        settings["max_num_batched_tokens"] = args.vllm_batched_tokens
+    return settings
+
+
 def run_node(
     policy,
     prompts,
@@ -118,7 +126,7 @@ def run_node(
         {
             "backend": backend,
             "decode": decode,
-            "vllm": {"enforce_eager": args.vllm_eager},
+            "vllm": vllm_settings(args),
             "num_candidates": args.candidates,
             "shard_size": args.shard_size,
             "token_budget": token_budget,
@@ -148,7 +156,7 @@ def greedy_ids(
         token_budget=args.token_budget,
         decode=decode,
         backend=backend,
-        engine=VllmEngineParams(enforce_eager=args.vllm_eager) if backend == "vllm" else None,
+        engine=VllmEngineParams(**vllm_settings(args)) if backend == "vllm" else None,
     )
     return [r[0]["token_ids"] for r in results]
 
@@ -289,6 +297,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--vllm-eager", action="store_true", help="vllm: enforce_eager (no compilation)"
+    )
+    parser.add_argument(
+        "--vllm-batched-tokens",
+        type=int,
+        default=0,
+        help="vllm: max_num_batched_tokens (0: vLLM's)",
     )
     parser.add_argument(
         "--variants",

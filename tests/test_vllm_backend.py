@@ -242,7 +242,12 @@ def test_the_generate_node_starts_its_engine_with_generate_vllm(tiny_policy, fak
             "backend": "vllm",
             "num_candidates": 2,
             "strategies": {"direct": {"weight": 1, "temperature": 0.8, "max_new_tokens": 4}},
-            "vllm": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "max_num_seqs": 4},
+            "vllm": {
+                "gpu_memory_utilization": 0.2,
+                "enforce_eager": True,
+                "max_num_seqs": 4,
+                "max_num_batched_tokens": 4096,
+            },
         },
     )
     prompts = pd.DataFrame(
@@ -254,6 +259,7 @@ def test_the_generate_node_starts_its_engine_with_generate_vllm(tiny_policy, fak
     [(_, engine)] = backend._VLLM_ENGINES.values()
     assert engine.settings["gpu_memory_utilization"] == 0.2
     assert engine.settings["enforce_eager"] is True and engine.settings["max_num_seqs"] == 4
+    assert engine.settings["max_num_batched_tokens"] == 4096
 
 
 # --- evaluation and the judge go through the same switch ---------------------------------------

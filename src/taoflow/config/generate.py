@@ -57,6 +57,12 @@ class VllmEngineParams(StrictModel):
     max_num_seqs: int | None = Field(
         None, ge=1, description="sequences decoded together; None: vLLM's"
     )
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="tokens one engine step may schedule; None: vLLM's. On CPU keep it at least "
+        "max_num_seqs x the longest prompt, so no seeded prompt is prefilled in pieces",
+    )
 
     def engine_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``vllm.LLM`` (unset optional ones keep vLLM's default)."""
