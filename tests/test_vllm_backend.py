@@ -23,6 +23,7 @@ import yaml
 from taoflow.config.base import ParameterError, validate_block
 from taoflow.config.generate import VllmEngineParams
 from taoflow.core.ids import derive_seed
+from taoflow.errors import UserError
 from taoflow.generation import generate_completions, render_prompts, stop_token_ids
 from taoflow.generation import vllm as backend
 
@@ -271,7 +272,7 @@ def test_on_cpu_a_batch_vllm_would_prefill_in_pieces_is_refused_before_the_engin
     longest = max(len(ids) for ids in render_prompts(tiny_policy, CHATS))
     need = 2 * longest  # the two longest of the three requests, at most two per step
     engine = VllmEngineParams(max_num_seqs=2, max_num_batched_tokens=need - 1)
-    with pytest.raises(ValueError, match=rf"max_num_batched_tokens: {need - 1} .* at least {need}"):
+    with pytest.raises(UserError, match=rf"max_num_batched_tokens: {need - 1} .* at least {need}"):
         generate_completions(tiny_policy, CHATS, backend="vllm", engine=engine)
     assert not backend._VLLM_ENGINES  # refused before any engine started
     fits = VllmEngineParams(max_num_seqs=2, max_num_batched_tokens=need)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from taoflow.core.ids import derive_seed
+from taoflow.errors import UserError
 from taoflow.models import Policy
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def check_cpu_step_budget(settings: dict[str, Any], prompt_lengths: Sequence[int
     budget = settings.get("max_num_batched_tokens") or CPU_MAX_NUM_BATCHED_TOKENS
     need = sum(sorted(prompt_lengths, reverse=True)[:seqs])
     if need > budget:
-        raise ValueError(
+        raise UserError(
             f"generate.vllm.max_num_batched_tokens: {budget} is below the {need} tokens of this "
             f"call's {min(seqs, len(prompt_lengths))} longest prompts; on CPU vLLM dies when a "
             f"seeded prompt is prefilled in pieces. Set it to at least {need} (or lower "
