@@ -354,20 +354,20 @@ def main() -> None:
             d_runs.append(run_ct2(generator, policy, prompts, args, greedy=False))
         if use_vllm:
             e_runs.append(run_node(policy, prompts, args, args.token_budget, backend="vllm"))
+    reference = greedy_ids(policy, prompts, args, variants[0]) if d_runs or e_runs else []
+
+    def same_greedy(label: str, greedy: list) -> None:
+        same = sum(a == b for a, b in zip(greedy, reference, strict=True))
+        print(f"{label} vs (a:{variants[0]}): same greedy tokens {same}/{len(reference)}")
+
     if d_runs:
         print(f"(d) ctranslate2: identical samples across repeats: {d_runs[0][2] == d_runs[-1][2]}")
-        greedy = run_ct2(generator, policy, prompts, args, greedy=True)[2]
-        reference = greedy_ids(policy, prompts, args, variants[0])
-        same = sum(a == b for a, b in zip(greedy, reference, strict=True))
-        print(f"(d) ctranslate2 vs (a:{variants[0]}): same greedy tokens {same}/{len(reference)}")
+        same_greedy("(d) ctranslate2", run_ct2(generator, policy, prompts, args, greedy=True)[2])
     if e_runs:
         print(
             f"(e) vllm: identical candidates across repeats: {e_runs[0][2].equals(e_runs[-1][2])}"
         )
-        greedy = greedy_ids(policy, prompts, args, "generate", backend="vllm")
-        reference = greedy_ids(policy, prompts, args, variants[0])
-        same = sum(a == b for a, b in zip(greedy, reference, strict=True))
-        print(f"(e) vllm vs (a:{variants[0]}): same greedy tokens {same}/{len(reference)}")
+        same_greedy("(e) vllm", greedy_ids(policy, prompts, args, "generate", backend="vllm"))
     report(
         policy, prompts, args, peak=peak, a_runs=a_runs, c_runs=c_runs, d_runs=d_runs, e_runs=e_runs
     )
@@ -408,31 +408,23 @@ def report(policy, prompts, args, *, peak, a_runs, c_runs, d_runs=(), e_runs=())
         rate = toks / secs
         ratios = "".join(f"{best[v][1] / best[v][0] / rate:>10.2f}×" for v in a_runs)
         print(f"{key:<12}{what:<44}{secs:>9.1f}{toks:>8d}{rate:>9.1f}{ratios}")
+
+    def share(label: str, seconds: float, outputs: pd.DataFrame, finish: bool = False) -> None:
+        flops = useful_flops(policy, prompts, outputs)
+        ends = f", finish {outputs['finish_reason'].value_counts().to_dict()}" if finish else ""
+        print(
+            f"{label} useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
+            f"{flops / seconds / peak:.1%} of measured matmul peak; "
+            f"mean completion {outputs['n_tokens'].mean():.1f} tokens{ends}"
+        )
+
     for variant, (seconds, _, candidates) in best.items():
-        flops = useful_flops(policy, prompts, candidates)
-        print(
-            f"(a:{variant}) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
-            f"{flops / seconds / peak:.1%} of measured matmul peak; "
-            f"mean completion {candidates['n_tokens'].mean():.1f} tokens, "
-            f"finish {candidates['finish_reason'].value_counts().to_dict()}"
-        )
+        share(f"(a:{variant})", seconds, candidates, finish=True)
     if e_best is not None:
-        seconds, _, candidates = e_best
-        flops = useful_flops(policy, prompts, candidates)
-        print(
-            f"(e) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
-            f"{flops / seconds / peak:.1%} of measured matmul peak; "
-            f"mean completion {candidates['n_tokens'].mean():.1f} tokens"
-        )
+        share("(e)", e_best[0], e_best[2])
     if d_runs:
         seconds, _, sequences = min(d_runs)
-        lengths = pd.DataFrame({"n_tokens": [len(seq) for seq in sequences]})
-        flops = useful_flops(policy, prompts, lengths)
-        print(
-            f"(d) useful compute: {flops / seconds / 1e9:.2f} GFLOP/s = "
-            f"{flops / seconds / peak:.1%} of measured matmul peak; "
-            f"mean completion {lengths['n_tokens'].mean():.1f} tokens"
-        )
+        share("(d)", seconds, pd.DataFrame({"n_tokens": [len(seq) for seq in sequences]}))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,14 @@ class FakeLLM:
 
     def __init__(self, model: str, **settings):
         self.model, self.settings, self.requests, self.shut_down = model, settings, [], False
-        self.llm_engine = types.SimpleNamespace(shutdown=self._shutdown)
+        scheduler = types.SimpleNamespace(
+            max_num_seqs=settings.get("max_num_seqs") or 256,
+            max_num_batched_tokens=settings.get("max_num_batched_tokens") or 4096,
+        )
+        self.llm_engine = types.SimpleNamespace(
+            shutdown=self._shutdown,
+            vllm_config=types.SimpleNamespace(scheduler_config=scheduler),
+        )
 
     def _shutdown(self) -> None:
         self.shut_down = True
@@ -265,7 +272,7 @@ def test_the_generate_node_starts_its_engine_with_generate_vllm(tiny_policy, fak
     assert engine.settings["max_num_batched_tokens"] == 4096
 
 
-def test_on_cpu_a_batch_vllm_would_prefill_in_pieces_is_refused_before_the_engine(
+def test_on_cpu_a_batch_vllm_would_prefill_in_pieces_is_refused_before_any_request(
     tiny_policy, fake_vllm
 ):
     fake_vllm.is_cpu = lambda: True
@@ -274,7 +281,8 @@ def test_on_cpu_a_batch_vllm_would_prefill_in_pieces_is_refused_before_the_engin
     engine = VllmEngineParams(max_num_seqs=2, max_num_batched_tokens=need - 1)
     with pytest.raises(UserError, match=rf"max_num_batched_tokens: {need - 1} .* at least {need}"):
         generate_completions(tiny_policy, CHATS, backend="vllm", engine=engine)
-    assert not backend._VLLM_ENGINES  # refused before any engine started
+    [(_, refused)] = backend._VLLM_ENGINES.values()
+    assert not refused.requests  # refused before a request reached the engine
     fits = VllmEngineParams(max_num_seqs=2, max_num_batched_tokens=need)
     out = generate_completions(tiny_policy, CHATS, backend="vllm", engine=fits)
     assert [len(x) for x in out] == [1, 1, 1]

