@@ -79,6 +79,7 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monke
         assert f"| {stage} |" in timings
     assert run.data.metrics["timing.generate.seconds"] > 0
     assert 0 <= run.data.metrics["audit.round_1.pseudo_label_accuracy"] <= 1
+    _check_compute_floor(kedro_project)
 
     # The results notebook runs against this run's catalog, found through a Kedro session.
     import shutil
@@ -100,6 +101,50 @@ def test_tao_smoke_runs_every_stage_and_logs_one_mlflow_run(kedro_project, monke
         out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", [])
     )
     assert "rounds found: ['round_1', 'round_2']" in printed
+
+
+def _check_compute_floor(project: Path) -> None:
+    """benchmarks/bench_floor.py reads this run's own outputs: every model-running stage counted."""
+    import importlib.util
+
+    from .conftest import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_floor", PROJECT_ROOT / "benchmarks" / "bench_floor.py"
+    )
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    params = floor.load_parameters(project, "smoke")
+    model = project / "data/06_models/base"
+    body, head = floor.model_sizes(model)
+    weights = pd.Series({n: p.numel() for n, p in _named_linear_weights(model)}, dtype="int64")
+    assert head == weights.filter(like="embed_tokens").sum()  # tied head: the embedding matrix
+    assert body == weights.filter(like=".layers.").sum()
+    lengths = floor.Lengths(project / "data/06_models/base_tokenizer", "")
+    lengths.system = params["task"]["system_prompt"]
+    work = floor.stage_work(project, params, lengths, body, head)
+    assert {"evaluate", "generate", "sft_oracle", "train"} <= set(work)
+    outputs = floor.eval_shards(project)
+    assert set(outputs["model"]) == {"base", "sft_oracle", "round_1", "round_2"}
+    assert work["evaluate"]["generated"] == outputs["n_tokens"].sum() > 0
+    candidates = sum(
+        pd.read_parquet(project / f"data/03_primary/round_{k}/candidates.parquet")["n_tokens"].sum()
+        for k in (1, 2)
+    )
+    assert work["generate"]["generated"] == candidates
+    assert all(w["flops"] > 0 for w in work.values())
+    assert work["train"]["trained"] > 0 and work["sft_oracle"]["trained"] > 0
+    timings = {"evaluate": 2.0, "train": 1.0, "promote": 3.0}
+    table = floor.table(work, timings, peak=1e12)
+    assert table.splitlines()[-2] == "| other stages |  |  |  |  | 0 | 3 | - |"
+    assert table.splitlines()[-1].startswith("| **all** |")
+
+
+def _named_linear_weights(model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return [(n, p) for n, p in model.named_parameters() if p.dim() == 2]
 
 
 def test_rerun_reproduces_candidates_and_scores(kedro_project):
