@@ -111,6 +111,7 @@ def _parquets(path: Path) -> pd.DataFrame:
 def generation_work(
     prefill_tokens: int, generated_tokens: int, body: int, head: int
 ) -> dict[str, float]:
+    """Inference work: prompt tokens through the body, generated ones through body and head."""
     prefill = 2.0 * body * prefill_tokens
     return {
         "prefill": prefill_tokens,
@@ -380,8 +381,8 @@ def main() -> None:
     model_dir = args.model or args.run / "data" / "06_models" / "base"
     body, head = model_sizes(model_dir)
     tokenizer_dir = args.run / "data" / "06_models" / "base_tokenizer"
-    lengths = Lengths(tokenizer_dir if tokenizer_dir.is_dir() else model_dir, None)
-    lengths.system = params["task"].get("system_prompt")
+    system = params["task"].get("system_prompt")
+    lengths = Lengths(tokenizer_dir if tokenizer_dir.is_dir() else model_dir, system)
     work = stage_work(args.run, params, lengths, body, head)
     timings = timings_from(
         args.timings or args.run / "data" / "08_reporting" / "stage_timings.json"

@@ -120,8 +120,9 @@ def _check_compute_floor(project: Path) -> None:
     weights = pd.Series({n: p.numel() for n, p in _named_linear_weights(model)}, dtype="int64")
     assert head == weights.filter(like="embed_tokens").sum()  # tied head: the embedding matrix
     assert body == weights.filter(like=".layers.").sum()
-    lengths = floor.Lengths(project / "data/06_models/base_tokenizer", "")
-    lengths.system = params["task"]["system_prompt"]
+    lengths = floor.Lengths(
+        project / "data/06_models/base_tokenizer", params["task"]["system_prompt"]
+    )
     work = floor.stage_work(project, params, lengths, body, head)
     assert {"evaluate", "generate", "sft_oracle", "train"} <= set(work)
     outputs = floor.eval_shards(project)
