@@ -10,7 +10,8 @@ each run: wall time, peak RSS, start-up to the first node); this script adds eac
 end-to-end wall time (start-up included) and peak RSS, runs the same command again unchanged in
 the same copy (`--rerun`, on by default: what work done once saves) and prints, per stage, both
 runs and the speed-up. The table is written as `bench_e2e.md` in the run folder (and, when the
-folder is a throwaway one, kept as `data/08_reporting/bench_e2e.md` of this checkout).
+folder is a throwaway one, kept as `data/08_reporting/bench_e2e.md` of this checkout), each run's
+timings as `stage_timings_first.json` / `stage_timings_rerun.json` beside it.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ def main() -> int:
             )
             return done["returncode"]
         runs.append(done)
+        # each run's own timings, kept: the rerun overwrites the project's (bench_floor.py reads it)
+        shutil.copy(
+            workdir / "data" / "08_reporting" / "stage_timings.json",
+            workdir / f"stage_timings_{label}.json",
+        )
     first, rerun = runs[0], (runs[1] if len(runs) > 1 else None)
     title = f"`{' '.join(cmd[2:])}`" + (", then the same command again unchanged" if rerun else "")
     report = f"# End-to-end: {title}\n\n" + comparison_table(first, rerun)

@@ -28,7 +28,7 @@ Run (heavy only for the 2-second peak measurement; take the lock)::
 
     OMP_NUM_THREADS=2 flock /tmp/taoflow-heavy.lock \\
         python benchmarks/bench_floor.py --run /tmp/e2e_default
-    # --timings bench_e2e.md: the first run's wall times (bench_e2e.py reruns in the same folder)
+    # the first run's wall times: bench_e2e.py's stage_timings_first.json (--timings: another)
     # --ceiling: also the bound at a bare decoding and training call's measured speed
     # --peak-gflops 150: skip the measurement and use this peak
 """
@@ -102,10 +102,9 @@ def _messages(value) -> list[dict]:
     return [dict(m) for m in value]
 
 
-def _parquets(path: Path) -> pd.DataFrame:
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path] if path.exists() else []
-    frames = [pd.read_parquet(f) for f in files]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def _parquet(path: Path) -> pd.DataFrame:
+    """A stage's table, or an empty one where the run did not write it."""
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
 
 def generation_work(
@@ -154,7 +153,7 @@ def training_work(
 SHARD = re.compile(r"^\w+-(greedy|sampled)-\d{4}-[0-9a-f]+\.parquet$")
 
 
-def eval_shards(run: Path) -> pd.DataFrame:
+def eval_shards(run: Path) -> pd.DataFrame | None:
     """Every model's evaluation shards (``evaluate/<model>/<benchmark>-<mode>-<n>-<key>``)."""
     files = sorted(
         f
@@ -203,14 +202,14 @@ def stage_work(run: Path, params: dict, lengths: Lengths, body: int, head: int) 
     generated = [0, 0]
     health = [0, 0]
     for folder in sorted((data / "03_primary").glob("round_*")):
-        candidates = _parquets(folder / "candidates.parquet")
+        candidates = _parquet(folder / "candidates.parquet")
         for i, n in enumerate(candidates_tokens(candidates, prompts, lengths)):
             generated[i] += n
     for probe in [
         data / "07_model_output" / "health_base_probe.parquet",
         *sorted((data / "07_model_output").glob("round_*/health_probe.parquet")),
     ]:
-        for i, n in enumerate(candidates_tokens(_parquets(probe), prompts, lengths)):
+        for i, n in enumerate(candidates_tokens(_parquet(probe), prompts, lengths)):
             health[i] += n
     work["generate"] = generation_work(*generated, body, head)
     work["health"] = generation_work(*health, body, head)
@@ -260,23 +259,11 @@ def _batching(trainer: dict) -> dict[str, int]:
 
 
 def timings_from(path: Path) -> dict[str, float]:
-    """Stage wall times: a run's ``stage_timings.json``, or ``bench_e2e.md``'s first-run column."""
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        timings = {s["stage"]: float(s["seconds"]) for s in data["stages"]}
-        if data.get("startup_seconds"):
-            timings["start-up"] = float(data["startup_seconds"])
-        return timings
-    timings = {}
-    for line in path.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or cells[0] in ("stage", "---") or cells[0].startswith("**"):
-            continue
-        try:
-            value = float(cells[1])
-        except ValueError:
-            continue
-        timings["start-up" if cells[0].startswith("start-up") else cells[0]] = value
+    """Stage wall times (and start-up) from a StageTimingHook ``stage_timings.json``."""
+    data = json.loads(path.read_text())
+    timings = {s["stage"]: float(s["seconds"]) for s in data["stages"]}
+    if data.get("startup_seconds"):
+        timings["start-up"] = float(data["startup_seconds"])
     return timings
 
 
@@ -366,7 +353,8 @@ def main() -> None:
         "--timings",
         type=Path,
         default=None,
-        help="stage_timings.json, or bench_e2e.md (its first run); default: the run's own json",
+        help="a stage_timings.json; default: bench_e2e.py's stage_timings_first.json in the run "
+        "folder, else the run's data/08_reporting/stage_timings.json",
     )
     parser.add_argument("--peak-gflops", type=float, default=None, help="skip the measurement")
     parser.add_argument(
@@ -384,18 +372,18 @@ def main() -> None:
     system = params["task"].get("system_prompt")
     lengths = Lengths(tokenizer_dir if tokenizer_dir.is_dir() else model_dir, system)
     work = stage_work(args.run, params, lengths, body, head)
-    timings = timings_from(
-        args.timings or args.run / "data" / "08_reporting" / "stage_timings.json"
+    first = args.run / "stage_timings_first.json"
+    default = (
+        first if first.is_file() else args.run / "data" / "08_reporting" / "stage_timings.json"
     )
+    timings = timings_from(args.timings or default)
 
     ceiling = None
     if args.peak_gflops:
         peak = args.peak_gflops * 1e9
     else:
-        import torch
         from bench_generate import matmul_flops
 
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         peak = matmul_flops()
         if args.ceiling:
             ceiling = ceilings(model_dir, args.gen_rows, args.train_rows, args.train_tokens)
